@@ -1,0 +1,173 @@
+//! The name of every metric floodgate emits, and the conventions they follow.
+//!
+//! Metrics go through the [`metrics`] facade crate, so they reach whichever exporter the
+//! application installs (Prometheus, StatsD, …) and cost next to nothing without one.
+//!
+//! - Names are `floodgate_<layer>_<what>`, counters end in `_total`.
+//! - Labels are low-cardinality: a policy name, a reason, a status. Never a raw key (a client
+//!   address or an API key), which would make one time series per client.
+//! - Each decision is also a `tracing` event at debug level, under the target
+//!   `floodgate::<layer>`.
+//!
+//! Call [`describe`] once after installing a recorder to give every metric its help text.
+//!
+//! # Example
+//!
+//! ```
+//! use floodgate_core::metrics::{ALL, REJECTIONS_TOTAL};
+//!
+//! assert_eq!(REJECTIONS_TOTAL.name, "floodgate_rejections_total");
+//! assert!(ALL.iter().all(|metric| metric.name.starts_with("floodgate_")));
+//! ```
+
+use crate::key::KeyError;
+use crate::rejection::Rejection;
+
+/// A metric's name, kind, labels and help text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// The name it is emitted under.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: MetricKind,
+    /// The label keys it carries.
+    pub labels: &'static [&'static str],
+    /// What it counts, for the exporter's help text.
+    pub help: &'static str,
+}
+
+/// The kind of a [`Metric`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetricKind {
+    /// A monotonically increasing count.
+    Counter,
+    /// A value that goes up and down.
+    Gauge,
+    /// A distribution of observed values.
+    Histogram,
+}
+
+/// Label key: why a request was refused ([`Reason::as_str`](crate::rejection::Reason::as_str)).
+pub const LABEL_REASON: &str = "reason";
+/// Label key: the HTTP status of a response floodgate made.
+pub const LABEL_STATUS: &str = "status";
+/// Label key: what a key extractor could not find ([`KeyError`] kind).
+pub const LABEL_ERROR: &str = "error";
+
+/// Requests refused by any floodgate layer, by reason and status.
+pub const REJECTIONS_TOTAL: Metric = Metric {
+    name: "floodgate_rejections_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_REASON, LABEL_STATUS],
+    help: "Requests refused by a floodgate layer, by reason and status.",
+};
+
+/// Requests whose key could not be extracted, by what was missing.
+pub const KEY_ERRORS_TOTAL: Metric = Metric {
+    name: "floodgate_key_errors_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_ERROR],
+    help: "Requests whose rate-limit or concurrency key could not be read, by what was missing.",
+};
+
+/// Every metric floodgate emits.
+pub const ALL: &[Metric] = &[REJECTIONS_TOTAL, KEY_ERRORS_TOTAL];
+
+/// Registers the help text of every metric with the installed recorder.
+pub fn describe() {
+    for metric in ALL {
+        match metric.kind {
+            MetricKind::Counter => metrics::describe_counter!(metric.name, metric.help),
+            MetricKind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
+            MetricKind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+        }
+    }
+}
+
+/// Counts a refusal in [`REJECTIONS_TOTAL`] and logs it at debug level.
+pub(crate) fn rejected(rejection: &Rejection) {
+    let reason = rejection.reason().as_str();
+    let status = rejection.status();
+    tracing::debug!(target: "floodgate::rejection", reason, status = status.as_u16(), detail = rejection.detail(), "request refused");
+    metrics::counter!(REJECTIONS_TOTAL.name, LABEL_REASON => reason, LABEL_STATUS => status.as_str().to_owned())
+        .increment(1);
+}
+
+/// Counts a key extraction failure in [`KEY_ERRORS_TOTAL`] and logs it at debug level.
+///
+/// Layers call it wherever they meet a [`KeyError`], whatever they do with the request next.
+pub fn key_error(error: &KeyError) {
+    let kind = match error {
+        KeyError::NoPeerAddress => "no_peer_address",
+        KeyError::MissingHeader(_) => "missing_header",
+        KeyError::AmbiguousHeader(_) => "ambiguous_header",
+        KeyError::NoMatchedRoute => "no_matched_route",
+        KeyError::Missing(_) => "missing",
+    };
+    tracing::debug!(target: "floodgate::key", error = kind, "request key unavailable: {error}");
+    metrics::counter!(KEY_ERRORS_TOTAL.name, LABEL_ERROR => kind).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rejection::{ProblemJson, Reason};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// Each counter as `name{label=value,…} count`, sorted.
+    fn counters(recorder: &DebuggingRecorder) -> Vec<String> {
+        let mut counters: Vec<String> = recorder
+            .snapshotter()
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| {
+                let DebugValue::Counter(count) = value else {
+                    return None;
+                };
+                let key = key.key();
+                let labels: Vec<String> = key
+                    .labels()
+                    .map(|label| format!("{}={}", label.key(), label.value()))
+                    .collect();
+                Some(format!("{}{{{}}} {count}", key.name(), labels.join(",")))
+            })
+            .collect();
+        counters.sort();
+        counters
+    }
+
+    #[test]
+    fn rejections_and_key_errors_are_counted_with_low_cardinality_labels() {
+        let recorder = DebuggingRecorder::new();
+        metrics::with_local_recorder(&recorder, || {
+            for _ in 0..2 {
+                drop(Rejection::new(Reason::RateLimited, "slow down").into_response(&ProblemJson));
+            }
+            key_error(&KeyError::NoPeerAddress);
+        });
+        assert_eq!(
+            counters(&recorder),
+            [
+                "floodgate_key_errors_total{error=no_peer_address} 1",
+                "floodgate_rejections_total{reason=rate_limited,status=429} 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_name_follows_the_convention() {
+        for metric in ALL {
+            assert!(metric.name.starts_with("floodgate_"), "{}", metric.name);
+            assert_eq!(
+                metric.kind == MetricKind::Counter,
+                metric.name.ends_with("_total"),
+                "{}",
+                metric.name
+            );
+        }
+        let recorder = DebuggingRecorder::new();
+        metrics::with_local_recorder(&recorder, describe);
+    }
+}
