@@ -14,9 +14,9 @@
 //! # #[tokio::main(flavor = "current_thread", start_paused = true)]
 //! # async fn main() {
 //! let clock = Clock::new();
-//! let start = clock.now();
+//! let start = clock.now_nanos();
 //! tokio::time::advance(Duration::from_millis(1500)).await;
-//! assert_eq!(clock.now() - start, 1_500_000_000);
+//! assert_eq!(clock.now_nanos() - start, 1_500_000_000);
 //! # }
 //! ```
 
@@ -39,12 +39,12 @@ impl Clock {
     }
 
     /// Nanoseconds since the origin.
-    pub fn now(&self) -> u64 {
+    pub fn now_nanos(&self) -> u64 {
         duration_nanos(Instant::now().saturating_duration_since(self.origin))
     }
 
-    /// The instant `nanos` after the origin, to sleep until.
-    pub fn instant(&self, nanos: u64) -> Instant {
+    /// The instant `nanos` nanoseconds after the origin, to sleep until.
+    pub fn instant_at_nanos(&self, nanos: u64) -> Instant {
         self.origin + Duration::from_nanos(nanos)
     }
 }
@@ -67,10 +67,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn follows_paused_tokio_time() {
         let clock = Clock::new();
-        assert_eq!(clock.now(), 0);
+        assert_eq!(clock.now_nanos(), 0);
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(clock.now(), 3_000_000_000);
-        assert_eq!(clock.instant(clock.now()), Instant::now());
+        assert_eq!(clock.now_nanos(), 3_000_000_000);
+        assert_eq!(clock.instant_at_nanos(clock.now_nanos()), Instant::now());
     }
 
     #[test]

@@ -31,7 +31,9 @@ use std::borrow::Cow;
 
 /// Splits a comma-separated list (RFC 9110 §5.6.1) into its elements, first to last.
 ///
-/// Commas inside a quoted string do not split. Each element is trimmed of optional white
+/// Commas inside a quoted string (§5.6.4, where `\` escapes the next character) do not split.
+/// Entity-tag lists (`If-None-Match`, §8.8.3) have no escapes, so `"a\", "b"` is two tags
+/// there but one unterminated string here: split those with their own grammar. Each element is trimmed of optional white
 /// space, and empty elements are skipped, as the RFC asks recipients to do.
 pub fn list(value: &[u8]) -> Split<'_> {
     Split {
@@ -64,8 +66,9 @@ pub fn params(element: &[u8]) -> Params<'_> {
     }
 }
 
-/// Splits `name=value` at the first `=`, trimming both sides; a segment without `=` is a bare
-/// name with no value.
+/// Splits `name=value` at the first `=`, trimming both sides (more lenient than RFC 9110
+/// §5.6.6, which allows no space around `=`); a segment without `=` is a bare name with no
+/// value.
 pub fn name_value(segment: &[u8]) -> (&[u8], Option<&[u8]>) {
     match segment.iter().position(|&byte| byte == b'=') {
         Some(at) => (trim(&segment[..at]), Some(trim(&segment[at + 1..]))),
@@ -100,8 +103,8 @@ pub fn qvalue(value: &[u8]) -> Option<u16> {
 
 /// Parses delta-seconds (RFC 9111 §1.2.2): a non-negative whole number of seconds.
 ///
-/// Values too large for a `u32` saturate at 2³¹ as the RFC requires; anything that is not
-/// all digits is `None`.
+/// Values above 2³¹ saturate at 2³¹, as the RFC requires; anything that is not all digits is
+/// `None`.
 pub fn delta_seconds(value: &[u8]) -> Option<u32> {
     const SATURATED: u32 = 1 << 31;
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {

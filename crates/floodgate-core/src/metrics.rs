@@ -3,9 +3,10 @@
 //! Metrics go through the [`metrics`] facade crate, so they reach whichever exporter the
 //! application installs (Prometheus, StatsD, …) and cost next to nothing without one.
 //!
-//! - Names are `floodgate_<layer>_<what>`, counters end in `_total`.
-//! - Labels are low-cardinality: a policy name, a reason, a status. Never a raw key (a client
-//!   address or an API key), which would make one time series per client.
+//! - A layer's metrics are named `floodgate_<layer>_<what>`; the few every layer shares
+//!   (refusals, key errors) are `floodgate_<what>`. Counters end in `_total`.
+//! - Labels are low-cardinality: a policy name, a reason, an error kind. Never a raw key (a
+//!   client address or an API key), which would make one time series per client.
 //! - Each decision is also a `tracing` event at debug level, under the target
 //!   `floodgate::<layer>`.
 //!
@@ -50,17 +51,15 @@ pub enum MetricKind {
 
 /// Label key: why a request was refused ([`Reason::as_str`](crate::rejection::Reason::as_str)).
 pub const LABEL_REASON: &str = "reason";
-/// Label key: the HTTP status of a response floodgate made.
-pub const LABEL_STATUS: &str = "status";
 /// Label key: what a key extractor could not find ([`KeyError`] kind).
 pub const LABEL_ERROR: &str = "error";
 
-/// Requests refused by any floodgate layer, by reason and status.
+/// Requests refused by any floodgate layer, by reason.
 pub const REJECTIONS_TOTAL: Metric = Metric {
     name: "floodgate_rejections_total",
     kind: MetricKind::Counter,
-    labels: &[LABEL_REASON, LABEL_STATUS],
-    help: "Requests refused by a floodgate layer, by reason and status.",
+    labels: &[LABEL_REASON],
+    help: "Requests refused by a floodgate layer, by reason.",
 };
 
 /// Requests whose key could not be extracted, by what was missing.
@@ -90,21 +89,14 @@ pub(crate) fn rejected(rejection: &Rejection) {
     let reason = rejection.reason().as_str();
     let status = rejection.status();
     tracing::debug!(target: "floodgate::rejection", reason, status = status.as_u16(), detail = rejection.detail(), "request refused");
-    metrics::counter!(REJECTIONS_TOTAL.name, LABEL_REASON => reason, LABEL_STATUS => status.as_str().to_owned())
-        .increment(1);
+    metrics::counter!(REJECTIONS_TOTAL.name, LABEL_REASON => reason).increment(1);
 }
 
 /// Counts a key extraction failure in [`KEY_ERRORS_TOTAL`] and logs it at debug level.
 ///
 /// Layers call it wherever they meet a [`KeyError`], whatever they do with the request next.
 pub fn key_error(error: &KeyError) {
-    let kind = match error {
-        KeyError::NoPeerAddress => "no_peer_address",
-        KeyError::MissingHeader(_) => "missing_header",
-        KeyError::AmbiguousHeader(_) => "ambiguous_header",
-        KeyError::NoMatchedRoute => "no_matched_route",
-        KeyError::Missing(_) => "missing",
-    };
+    let kind = error.kind();
     tracing::debug!(target: "floodgate::key", error = kind, "request key unavailable: {error}");
     metrics::counter!(KEY_ERRORS_TOTAL.name, LABEL_ERROR => kind).increment(1);
 }
@@ -151,7 +143,7 @@ mod tests {
             counters(&recorder),
             [
                 "floodgate_key_errors_total{error=no_peer_address} 1",
-                "floodgate_rejections_total{reason=rate_limited,status=429} 2",
+                "floodgate_rejections_total{reason=rate_limited} 2",
             ]
         );
     }

@@ -113,10 +113,11 @@ impl Rejection {
         self
     }
 
-    /// Adds a header to the response (rate-limit fields, for instance).
+    /// Sets a header on the response (rate-limit fields, for instance), replacing any
+    /// earlier value of that header.
     #[must_use]
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.append(name, value);
+        self.headers.insert(name, value);
         self
     }
 
@@ -159,7 +160,7 @@ impl Rejection {
             headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_seconds(wait)));
         }
         for (name, value) in &self.headers {
-            headers.append(name, value.clone());
+            headers.insert(name, value.clone());
         }
         response.extensions_mut().insert(self);
         response
@@ -167,8 +168,18 @@ impl Rejection {
 }
 
 impl From<&KeyError> for Rejection {
+    /// A 400 tells the client what its request lacks. A 500 says only that the server cannot
+    /// identify clients: the operator's half of the message (how to configure the server)
+    /// goes to the log through [`metrics::key_error`](crate::metrics::key_error), not to
+    /// clients (RFC 9457 §5).
     fn from(error: &KeyError) -> Self {
-        Rejection::new(Reason::KeyUnavailable, error.to_string()).with_status(error.status())
+        let status = error.status();
+        let detail = if status.is_server_error() {
+            Cow::Borrowed("the server cannot identify clients to apply its limits")
+        } else {
+            Cow::Owned(error.to_string())
+        };
+        Rejection::new(Reason::KeyUnavailable, detail).with_status(status)
     }
 }
 
@@ -289,6 +300,16 @@ mod tests {
         assert!(response.headers().get(RETRY_AFTER).is_none());
         let body: serde_json::Value =
             serde_json::from_slice(response.body()).expect("the body is JSON");
-        assert_eq!(body["detail"], KeyError::NoPeerAddress.to_string());
+        let detail = body["detail"].as_str().unwrap_or_default();
+        assert!(
+            !detail.contains("connect_info"),
+            "server internals leaked: {detail}"
+        );
+        let missing = KeyError::MissingHeader(HeaderName::from_static("x-api-key"));
+        let response = Rejection::from(&missing).into_response(&ProblemJson);
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let body: serde_json::Value =
+            serde_json::from_slice(response.body()).expect("the body is JSON");
+        assert_eq!(body["detail"], "the request has no `x-api-key` header");
     }
 }

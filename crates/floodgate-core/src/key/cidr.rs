@@ -9,7 +9,11 @@ use std::str::FromStr;
 /// Parsed from CIDR notation; a bare address is a single host (`/32` or `/128`). Host bits
 /// are cleared (`10.1.2.3/8` is `10.0.0.0/8`), and an IPv4-mapped IPv6 network
 /// (`::ffff:10.0.0.0/104`) is stored as the IPv4 network it maps, so it matches the
-/// canonical addresses [`ClientIp`](super::ClientIp) compares.
+/// canonical addresses [`ClientIp`](super::ClientIp) compares. An IPv6 network shorter than
+/// /96 that covers mapped addresses (`::/0`) does not match IPv4 clients written in mapped
+/// form, because they are compared as IPv4: list `0.0.0.0/0` too if you mean them. An IPv6 network shorter than
+/// /96 that covers mapped addresses (`::/0`) does not match IPv4 clients written in mapped
+/// form, because they are compared as IPv4: list `0.0.0.0/0` too if you mean them.
 ///
 /// ```
 /// use floodgate_core::key::IpCidr;
@@ -93,9 +97,12 @@ impl FromStr for IpCidr {
             .parse()
             .map_err(|_| ParseCidrError::Address(text.to_owned()))?;
         let prefix = match prefix {
-            Some(prefix) => prefix
-                .parse()
-                .map_err(|_| ParseCidrError::Syntax(text.to_owned()))?,
+            Some(prefix) if !prefix.is_empty() && prefix.bytes().all(|b| b.is_ascii_digit()) => {
+                prefix
+                    .parse()
+                    .map_err(|_| ParseCidrError::Syntax(text.to_owned()))?
+            }
+            Some(_) => return Err(ParseCidrError::Syntax(text.to_owned())),
             None if address.is_ipv4() => 32,
             None => 128,
         };
@@ -209,6 +216,12 @@ mod tests {
             "".parse::<IpCidr>(),
             Err(ParseCidrError::Address(_))
         ));
+        for text in ["10.0.0.0/+8", "10.0.0.0/", "10.0.0.0/300"] {
+            assert!(
+                matches!(text.parse::<IpCidr>(), Err(ParseCidrError::Syntax(_))),
+                "{text}"
+            );
+        }
     }
 
     #[test]

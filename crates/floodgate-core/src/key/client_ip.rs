@@ -1,7 +1,7 @@
 //! The client's IP address, believing forwarding headers only from trusted proxies.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,7 +10,7 @@ use http::header::{FORWARDED, HeaderName};
 
 use super::cidr::{IpCidr, ParseCidrError, mask};
 use super::forwarded;
-use super::{KeyError, KeyExtractor, RequestHead};
+use super::{Key, KeyError, KeyExtractor, RequestHead};
 use crate::header;
 
 /// The client's IP address, as the key of a per-client limit.
@@ -32,8 +32,10 @@ use crate::header;
 /// proxy that wrote it: a conservative key, never the client's choice. A chain of trusted
 /// addresses only ends at its left-most one.
 ///
-/// Only one header is read: a proxy that appends to `X-Forwarded-For` passes a client's
-/// `Forwarded` through untouched, so believing both would let the client pick its address.
+/// Trust only proxies that *append* to the configured header: one that passes it through
+/// untouched lets the client write the whole list. Only one header is read: a proxy that
+/// appends to `X-Forwarded-For` passes a client's `Forwarded` through untouched, so believing
+/// both would let the client pick its address.
 ///
 /// # Normalisation
 ///
@@ -42,8 +44,9 @@ use crate::header;
 /// prefix, /56 by default ([`ipv6_prefix`](Self::ipv6_prefix), 32 to 64), because one host
 /// owns at least a /64 and can rotate through it freely. An IP key allocates nothing.
 ///
-/// If forwarding headers arrive while no proxy is trusted, a warning is logged once: behind a
-/// proxy that is a misconfiguration in which every client shares the proxy's key.
+/// A warning is logged once when forwarding headers arrive while no proxy is trusted, and once
+/// when a trusted proxy sends the other forwarding header but not the configured one: either
+/// way every client behind the proxy shares the proxy's key.
 ///
 /// # Example
 ///
@@ -67,7 +70,14 @@ pub struct ClientIp {
     trusted: Arc<[IpCidr]>,
     header: ForwardedHeader,
     ipv6_prefix: u8,
-    warned_untrusted_header: Arc<AtomicBool>,
+    warned: Arc<Warned>,
+}
+
+/// The misconfiguration warnings already logged, each at most once.
+#[derive(Debug, Default)]
+struct Warned {
+    no_trusted_proxy: AtomicBool,
+    other_header: AtomicBool,
 }
 
 /// Which forwarding header [`ClientIp`] reads when the peer is a trusted proxy.
@@ -129,7 +139,7 @@ impl ClientIp {
             trusted: Arc::from([]),
             header: ForwardedHeader::default(),
             ipv6_prefix: Self::DEFAULT_IPV6_PREFIX,
-            warned_untrusted_header: Arc::new(AtomicBool::new(false)),
+            warned: Arc::default(),
         }
     }
 
@@ -181,6 +191,10 @@ impl ClientIp {
     /// The client key for a request from `peer` with `headers`: the address the trusted
     /// proxy chain vouches for, canonical and with IPv6 grouped by prefix.
     pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let (configured, other) = match self.header {
+            ForwardedHeader::XForwardedFor => (&X_FORWARDED_FOR, &FORWARDED),
+            ForwardedHeader::Forwarded => (&FORWARDED, &X_FORWARDED_FOR),
+        };
         let mut client = peer.to_canonical();
         if self.is_trusted(client) {
             for entry in self.entries_from_the_right(headers) {
@@ -191,8 +205,25 @@ impl ClientIp {
                     break;
                 }
             }
-        } else if self.trusted.is_empty() {
-            self.warn_once_if_forwarded(headers);
+            if !headers.contains_key(configured) && headers.contains_key(other) {
+                warn_once(&self.warned.other_header, || {
+                    tracing::warn!(
+                        "a trusted proxy sent `{other}` but ClientIp reads `{configured}`: keying \
+                         by the proxy's address, shared by every client behind it. Set \
+                         `ClientIp::forwarded_header` to the header the proxy appends to"
+                    );
+                });
+            }
+        } else if self.trusted.is_empty()
+            && (headers.contains_key(configured) || headers.contains_key(other))
+        {
+            warn_once(&self.warned.no_trusted_proxy, || {
+                tracing::warn!(
+                    "a request carries X-Forwarded-For or Forwarded, but ClientIp trusts no \
+                     proxy: keying by the peer address. Behind a proxy every client then shares \
+                     the proxy's key; configure it with `ClientIp::trust_proxies`"
+                );
+            });
         }
         match client {
             IpAddr::V4(_) => client,
@@ -211,7 +242,7 @@ impl ClientIp {
         headers: &'h HeaderMap,
     ) -> impl Iterator<Item = Option<IpAddr>> + 'h {
         let (name, parse): (&HeaderName, ParseEntry) = match self.header {
-            ForwardedHeader::XForwardedFor => (&X_FORWARDED_FOR, forwarded::x_forwarded_for),
+            ForwardedHeader::XForwardedFor => (&X_FORWARDED_FOR, forwarded::node),
             ForwardedHeader::Forwarded => (&FORWARDED, forwarded::forwarded_for),
         };
         headers
@@ -221,19 +252,12 @@ impl ClientIp {
             .flat_map(|value| header::list_rev(value.as_bytes()))
             .map(parse)
     }
+}
 
-    fn warn_once_if_forwarded(&self, headers: &HeaderMap) {
-        let forwarded = headers.contains_key(&X_FORWARDED_FOR) || headers.contains_key(FORWARDED);
-        if forwarded
-            && !self.warned_untrusted_header.load(Ordering::Relaxed)
-            && !self.warned_untrusted_header.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(
-                "a request carries X-Forwarded-For or Forwarded, but ClientIp trusts no proxy: \
-                 keying by the peer address. Behind a proxy every client then shares the \
-                 proxy's key; configure it with `ClientIp::trust_proxies`"
-            );
-        }
+/// Runs `warn` the first time `flag` is seen unset.
+fn warn_once(flag: &AtomicBool, warn: impl FnOnce()) {
+    if !flag.load(Ordering::Relaxed) && !flag.swap(true, Ordering::Relaxed) {
+        warn();
     }
 }
 
@@ -254,13 +278,87 @@ impl fmt::Debug for ClientIp {
 }
 
 impl KeyExtractor for ClientIp {
-    type Key = IpAddr;
+    type Key = IpKey;
 
-    fn extract(&self, request: &RequestHead<'_>) -> Result<IpAddr, KeyError> {
+    fn extract(&self, request: &RequestHead<'_>) -> Result<IpKey, KeyError> {
         let peer = peer_address(request).ok_or(KeyError::NoPeerAddress)?;
-        Ok(self.resolve(peer, request.headers()))
+        Ok(IpKey::from(self.resolve(peer, request.headers())))
     }
 }
+
+/// The key [`ClientIp`] extracts: an IPv4 address, or an IPv6 prefix of at most 64 bits.
+///
+/// Sixteen bytes, against seventeen for an `IpAddr`. The difference decides whether a
+/// limiter entry pads to 24 or to 32 bytes, so it is a third of a limiter's memory per
+/// client.
+///
+/// ```
+/// use floodgate_core::key::IpKey;
+/// use std::net::IpAddr;
+///
+/// let v6: IpAddr = "2001:db8:1:2:3:4:5:6".parse()?;
+/// assert_eq!(IpKey::from(v6).to_string(), "2001:db8:1:2::"); // the /64 it is in
+/// assert_eq!(IpKey::from("192.0.2.1".parse::<IpAddr>()?).to_string(), "192.0.2.1");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpKey {
+    /// The IPv4 address, or the first 64 bits of the IPv6 address.
+    bits: u64,
+    ipv6: bool,
+}
+
+impl IpKey {
+    /// The address this key stands for (for IPv6, the /64 network address).
+    pub fn addr(&self) -> IpAddr {
+        if self.ipv6 {
+            IpAddr::V6(Ipv6Addr::from(u128::from(self.bits) << 64))
+        } else {
+            // Only IPv4 keys are built with `ipv6: false`, from 32 bits.
+            IpAddr::V4(Ipv4Addr::from(u32::try_from(self.bits).unwrap_or(u32::MAX)))
+        }
+    }
+}
+
+impl From<IpAddr> for IpKey {
+    /// The key of `address`: IPv4 as it is (after canonicalising `::ffff:a.b.c.d`), IPv6 by
+    /// the /64 it is in.
+    fn from(address: IpAddr) -> Self {
+        match address.to_canonical() {
+            IpAddr::V4(v4) => Self {
+                bits: u64::from(u32::from(v4)),
+                ipv6: false,
+            },
+            IpAddr::V6(v6) => {
+                let prefix = u64::try_from(u128::from(v6) >> 64).unwrap_or(u64::MAX);
+                Self {
+                    bits: prefix,
+                    ipv6: true,
+                }
+            }
+        }
+    }
+}
+
+impl From<IpKey> for IpAddr {
+    fn from(key: IpKey) -> Self {
+        key.addr()
+    }
+}
+
+impl fmt::Display for IpKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.addr().fmt(f)
+    }
+}
+
+impl fmt::Debug for IpKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IpKey({})", self.addr())
+    }
+}
+
+impl Key for IpKey {}
 
 /// The TCP peer address recorded for the connection: axum's `ConnectInfo`, else a plain
 /// `SocketAddr` extension.

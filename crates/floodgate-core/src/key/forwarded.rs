@@ -4,12 +4,6 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::header;
 
-/// The address in one `X-Forwarded-For` entry: `203.0.113.9`, `203.0.113.9:4711`,
-/// `2001:db8::1`, `[2001:db8::1]:443`, `fe80::1%eth0`. `None` for `unknown` and garbage.
-pub(crate) fn x_forwarded_for(entry: &[u8]) -> Option<IpAddr> {
-    node(entry)
-}
-
 /// The address in the `for` parameter of one `Forwarded` element (RFC 7239 §5.2),
 /// `for=192.0.2.60;proto=http` or `For="[2001:db8:cafe::17]:4711"`.
 ///
@@ -26,13 +20,21 @@ pub(crate) fn forwarded_for(element: &[u8]) -> Option<IpAddr> {
             found = Some(value?);
         }
     }
-    node(&header::unquote(found?)?)
+    let value = found?;
+    // RFC 7239 wants IPv6 quoted, but hand-written proxy settings (`for=$remote_addr`) send
+    // it bare; the proxy is trusted, so read what it meant.
+    match header::unquote(value) {
+        Some(unquoted) => node(&unquoted),
+        None => node(value),
+    }
 }
 
-/// RFC 7239 §6 `node`, plus the forms real proxies write into `X-Forwarded-For`: bare IPv6
+/// The address in one `X-Forwarded-For` entry (`203.0.113.9`, `203.0.113.9:4711`,
+/// `2001:db8::1`, `[2001:db8::1]:443`, `fe80::1%eth0`) or `Forwarded` node: RFC 7239 §6
+/// `node`, plus the forms real proxies write into `X-Forwarded-For`: bare IPv6
 /// without brackets and IPv6 zone ids. The address comes back canonical: an IPv4-mapped
 /// IPv6 address is the IPv4 address it maps.
-fn node(text: &[u8]) -> Option<IpAddr> {
+pub(crate) fn node(text: &[u8]) -> Option<IpAddr> {
     let text = std::str::from_utf8(text).ok()?;
     let address = if let Some(bracketed) = text.strip_prefix('[') {
         let (host, after) = bracketed.split_once(']')?;
@@ -69,7 +71,9 @@ fn is_port(text: &str) -> bool {
                 .bytes()
                 .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte));
     }
-    (1..=5).contains(&text.len()) && text.parse::<u16>().is_ok()
+    (1..=5).contains(&text.len())
+        && text.bytes().all(|byte| byte.is_ascii_digit())
+        && text.parse::<u16>().is_ok()
 }
 
 #[cfg(test)]
@@ -77,7 +81,7 @@ mod tests {
     use super::*;
 
     fn parsed(text: &str) -> Option<String> {
-        x_forwarded_for(text.as_bytes()).map(|address| address.to_string())
+        node(text.as_bytes()).map(|address| address.to_string())
     }
 
     fn parsed_forwarded(text: &str) -> Option<String> {
@@ -122,11 +126,12 @@ mod tests {
             "[203.0.113.9]",
             "2001:db8::g",
             "203.0.113.9:_",
+            "203.0.113.9:+80",
         ];
         for text in cases {
             assert_eq!(parsed(text), None, "{text}");
         }
-        assert_eq!(x_forwarded_for(b"\xff\xfe"), None);
+        assert_eq!(node(b"\xff\xfe"), None);
     }
 
     #[test]
@@ -142,6 +147,7 @@ mod tests {
             ),
             ("proto=https; for = 192.0.2.60", Some("192.0.2.60")),
             ("for=\"192.0.2.60:8080\"", Some("192.0.2.60")),
+            ("for=2001:db8::17", Some("2001:db8::17")),
             ("for=unknown", None),
             ("for=_hidden", None),
             ("proto=http", None),

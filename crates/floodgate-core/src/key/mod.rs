@@ -46,7 +46,7 @@ use bytes::Bytes;
 use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 
 pub use cidr::{IpCidr, ParseCidrError};
-pub use client_ip::{ClientIp, ConfigError, ForwardedHeader};
+pub use client_ip::{ClientIp, ConfigError, ForwardedHeader, IpKey};
 
 /// A borrowed view of the parts of a request that keys are read from.
 ///
@@ -193,6 +193,17 @@ pub enum KeyError {
 }
 
 impl KeyError {
+    /// A stable `snake_case` name for the kind of error, used as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KeyError::NoPeerAddress => "no_peer_address",
+            KeyError::MissingHeader(_) => "missing_header",
+            KeyError::AmbiguousHeader(_) => "ambiguous_header",
+            KeyError::NoMatchedRoute => "no_matched_route",
+            KeyError::Missing(_) => "missing",
+        }
+    }
+
     /// The status a rejection for this error carries: 500 when the server is misconfigured
     /// (no peer address, no route), 400 when the request lacks what the key needs.
     pub fn status(&self) -> StatusCode {
@@ -288,11 +299,13 @@ impl KeyExtractor for Header {
 /// The route a request matched: its method and axum's matched path pattern
 /// (`GET /items/{id}`), so that every item shares one key, not one key per id.
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Route;
 
 /// The key [`Route`] extracts.
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 #[derive(Debug, Clone)]
 pub struct RouteKey {
     method: Method,
