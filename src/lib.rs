@@ -35,11 +35,17 @@
 //! | feature | default | enables |
 //! |---|---|---|
 //! | `axum` | yes | reading axum's `ConnectInfo` (peer address) and `MatchedPath` (`key::Route`) |
+//! | `ratelimit` | no | [`ratelimit`]: token-bucket and sliding-window rate limiting |
 //! | `full` | no | every feature |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(inline)]
 pub use floodgate_core::{body, clock, header, key, metrics, rejection};
+
+#[cfg(feature = "ratelimit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
+#[doc(inline)]
+pub use floodgate_ratelimit as ratelimit;
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -51,6 +51,8 @@ pub enum MetricKind {
 
 /// Label key: why a request was refused ([`Reason::as_str`](crate::rejection::Reason::as_str)).
 pub const LABEL_REASON: &str = "reason";
+/// Label key: the name of the policy (rate limit) a metric is about.
+pub const LABEL_POLICY: &str = "policy";
 /// Label key: what a key extractor could not find ([`KeyError`] kind).
 pub const LABEL_ERROR: &str = "error";
 
@@ -70,8 +72,75 @@ pub const KEY_ERRORS_TOTAL: Metric = Metric {
     help: "Requests whose rate-limit or concurrency key could not be read, by what was missing.",
 };
 
+/// Requests a rate-limit policy admitted.
+pub const RATELIMIT_ADMITTED_TOTAL: Metric = Metric {
+    name: "floodgate_ratelimit_admitted_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_POLICY],
+    help: "Requests a rate-limit policy admitted.",
+};
+
+/// Requests a rate-limit policy refused (or delayed past its maximum wait).
+pub const RATELIMIT_REJECTED_TOTAL: Metric = Metric {
+    name: "floodgate_ratelimit_rejected_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_POLICY],
+    help: "Requests a rate-limit policy refused.",
+};
+
+/// Requests a dry-run policy would have refused, and let through.
+pub const RATELIMIT_DRY_RUN_REJECTED_TOTAL: Metric = Metric {
+    name: "floodgate_ratelimit_dry_run_rejected_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_POLICY],
+    help: "Requests a dry-run rate-limit policy would have refused, and let through.",
+};
+
+/// Requests a delay-mode policy held back until they fit the quota.
+pub const RATELIMIT_DELAYED_TOTAL: Metric = Metric {
+    name: "floodgate_ratelimit_delayed_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_POLICY],
+    help: "Requests a delay-mode rate-limit policy held back until they fit the quota.",
+};
+
+/// New keys that found the policy's key table full (shared the overflow bucket, or were
+/// refused).
+pub const RATELIMIT_OVERFLOW_TOTAL: Metric = Metric {
+    name: "floodgate_ratelimit_overflow_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_POLICY],
+    help: "Requests whose key found the rate-limit key table full of active keys.",
+};
+
+/// Keys dropped from a policy's table because their state was fresh again.
+pub const RATELIMIT_SWEPT_KEYS_TOTAL: Metric = Metric {
+    name: "floodgate_ratelimit_swept_keys_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_POLICY],
+    help: "Rate-limit keys dropped because their state was back to fresh.",
+};
+
+/// Keys a policy tracks now.
+pub const RATELIMIT_TRACKED_KEYS: Metric = Metric {
+    name: "floodgate_ratelimit_tracked_keys",
+    kind: MetricKind::Gauge,
+    labels: &[LABEL_POLICY],
+    help: "Keys a rate-limit policy tracks.",
+};
+
 /// Every metric floodgate emits.
-pub const ALL: &[Metric] = &[REJECTIONS_TOTAL, KEY_ERRORS_TOTAL];
+pub const ALL: &[Metric] = &[
+    REJECTIONS_TOTAL,
+    KEY_ERRORS_TOTAL,
+    RATELIMIT_ADMITTED_TOTAL,
+    RATELIMIT_REJECTED_TOTAL,
+    RATELIMIT_DRY_RUN_REJECTED_TOTAL,
+    RATELIMIT_DELAYED_TOTAL,
+    RATELIMIT_OVERFLOW_TOTAL,
+    RATELIMIT_SWEPT_KEYS_TOTAL,
+    RATELIMIT_TRACKED_KEYS,
+];
 
 /// Registers the help text of every metric with the installed recorder.
 pub fn describe() {

@@ -48,13 +48,16 @@ pub enum Reason {
     RateLimited,
     /// The service is over capacity (503).
     Overloaded,
+    /// The request costs more than a rate limit ever admits at once (400): it can never
+    /// succeed as sent, so retrying is pointless.
+    CostExceedsQuota,
 }
 
 impl Reason {
     /// The status a rejection for this reason carries unless set otherwise.
     pub fn default_status(self) -> StatusCode {
         match self {
-            Reason::KeyUnavailable => StatusCode::BAD_REQUEST,
+            Reason::KeyUnavailable | Reason::CostExceedsQuota => StatusCode::BAD_REQUEST,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -66,6 +69,7 @@ impl Reason {
             Reason::KeyUnavailable => "key_unavailable",
             Reason::RateLimited => "rate_limited",
             Reason::Overloaded => "overloaded",
+            Reason::CostExceedsQuota => "cost_exceeds_quota",
         }
     }
 }

@@ -1,0 +1,226 @@
+//! floodgate's rate limiter side by side with governor, the crate a Rust user picks today.
+//!
+//! `keyed`: one admitted check of an IPv4 key, against governor's `DefaultKeyedRateLimiter`
+//! at the same quota and with the same key type. The quota is large, so every check is
+//! admitted and charged (the write path). Keys are inserted before timing, so the hit path
+//! is measured. Cases:
+//! - one hot key;
+//! - 10 000 keys round-robin;
+//! - 1 000 000 keys round-robin;
+//! - each again with two threads contending (time per check across both threads).
+//!
+//! `layer`: one request through `RateLimitLayer` keyed by client IP around a service that
+//! answers at once, against `tower_governor`'s `GovernorLayer` with its peer-IP key. Both
+//! run without rate-limit headers; `floodgate_draft_headers` adds draft-11 headers.
+//!
+//! Run: `cargo bench --bench ratelimit`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use floodgate::key::{ClientIp, IpKey};
+use floodgate::ratelimit::{Algorithm, HeaderStyle, KeyedLimiter, Policy, Quota, RateLimitLayer};
+use governor::DefaultKeyedRateLimiter;
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+/// Large enough that no check in a run is refused: one unit per nanosecond.
+const PER_SECOND: u32 = 1_000_000_000;
+
+fn keys(count: u32) -> Vec<IpKey> {
+    (0..count)
+        .map(|i| IpKey::from(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i))))
+        .collect()
+}
+
+trait Check: Sync {
+    fn check(&self, key: &IpKey) -> bool;
+}
+
+impl Check for KeyedLimiter<IpKey> {
+    fn check(&self, key: &IpKey) -> bool {
+        KeyedLimiter::check(self, key).is_ok()
+    }
+}
+
+impl Check for DefaultKeyedRateLimiter<IpKey> {
+    fn check(&self, key: &IpKey) -> bool {
+        self.check_key(key).is_ok()
+    }
+}
+
+fn floodgate(algorithm: Algorithm) -> KeyedLimiter<IpKey> {
+    let quota = match algorithm {
+        Algorithm::TokenBucket => Quota::per_second(PER_SECOND).burst(PER_SECOND),
+        _ => Quota::per_second(PER_SECOND),
+    };
+    KeyedLimiter::with_max_keys(
+        algorithm,
+        quota,
+        2_000_000,
+        floodgate::ratelimit::OnFull::Overflow,
+    )
+    .expect("a valid quota")
+}
+
+fn governor() -> DefaultKeyedRateLimiter<IpKey> {
+    let rate = NonZeroU32::new(PER_SECOND).expect("non-zero");
+    DefaultKeyedRateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(rate))
+}
+
+/// Times `iters` checks over `keys` round-robin on `threads` threads, each starting at its
+/// own offset.
+fn run(limiter: &dyn Check, keys: &[IpKey], threads: u64, iters: u64) -> Duration {
+    let per_thread = iters.div_ceil(threads);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for thread in 0..threads {
+            scope.spawn(move || {
+                let len = keys.len();
+                let mut index = usize::try_from(thread).unwrap_or(0) * len / 2;
+                for _ in 0..per_thread {
+                    index = if index + 1 == len { 0 } else { index + 1 };
+                    black_box(limiter.check(black_box(&keys[index])));
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn keyed(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _inside = runtime.enter();
+    let cases = [("hot_key", 1), ("10k_keys", 10_000), ("1m_keys", 1_000_000)];
+    let mut group = c.benchmark_group("ratelimit_keyed");
+    group.throughput(Throughput::Elements(1));
+    for (case, count) in cases {
+        let keys = keys(count);
+        let limiters: [(&str, Box<dyn Check>); 3] = [
+            (
+                "floodgate_token_bucket",
+                Box::new(floodgate(Algorithm::TokenBucket)),
+            ),
+            (
+                "floodgate_sliding_window",
+                Box::new(floodgate(Algorithm::SlidingWindow)),
+            ),
+            ("governor", Box::new(governor())),
+        ];
+        for (name, limiter) in &limiters {
+            for key in &keys {
+                limiter.check(key);
+            }
+            for threads in [1, 2] {
+                let case = if threads == 1 {
+                    case.to_owned()
+                } else {
+                    format!("{case}_2_threads")
+                };
+                group.bench_function(BenchmarkId::new(*name, case), |b| {
+                    b.iter_custom(|iters| run(&**limiter, &keys, threads, iters));
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+/// Polls a future that is ready at once (every service here answers without waiting).
+fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the benchmarked services answer without waiting"),
+    }
+}
+
+fn request() -> Request<Body> {
+    let mut request = Request::get("/items")
+        .body(Body::empty())
+        .expect("valid request");
+    request
+        .extensions_mut()
+        .insert(SocketAddr::from(([203, 0, 113, 9], 4711)));
+    request
+}
+
+fn call<S>(service: &mut S) -> u16
+where
+    S: Service<Request<Body>>,
+    S::Response: StatusOf,
+{
+    ready(service.call(request())).map_or(0, |response| response.status_code())
+}
+
+/// The status of either layer's response type.
+trait StatusOf {
+    fn status_code(&self) -> u16;
+}
+
+impl<B> StatusOf for Response<B> {
+    fn status_code(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn layer(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let _inside = runtime.enter();
+    let inner = tower::service_fn(|_: Request<Body>| async {
+        Ok::<_, Infallible>(Response::new(Body::empty()))
+    });
+    let floodgate_layer = |headers| {
+        RateLimitLayer::builder()
+            .policy(
+                Policy::token_bucket(
+                    "per-ip",
+                    ClientIp::new(),
+                    Quota::per_second(PER_SECOND).burst(PER_SECOND),
+                )
+                .headers(headers),
+            )
+            .build()
+            .expect("a valid layer")
+    };
+    let governor_config = Arc::new(
+        tower_governor::governor::GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(PER_SECOND)
+            .finish()
+            .expect("a valid governor config"),
+    );
+
+    let mut group = c.benchmark_group("ratelimit_layer");
+    group.throughput(Throughput::Elements(1));
+    let mut plain = floodgate_layer(HeaderStyle::None).layer(inner);
+    group.bench_function("floodgate", |b| b.iter(|| call(&mut plain)));
+    let mut with_headers = floodgate_layer(HeaderStyle::Draft).layer(inner);
+    group.bench_function("floodgate_draft_headers", |b| {
+        b.iter(|| call(&mut with_headers));
+    });
+    let mut peer = tower_governor::GovernorLayer::new(governor_config).layer(inner);
+    group.bench_function("tower_governor", |b| b.iter(|| call(&mut peer)));
+    group.finish();
+}
+
+criterion_group!(benches, keyed, layer);
+criterion_main!(benches);

@@ -1,0 +1,156 @@
+//! The response future of [`RateLimit`](crate::RateLimit).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use floodgate_core::body::ResponseBody;
+use floodgate_core::key::RequestHead;
+use http::{HeaderMap, Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use crate::limiter::{Limiter, Verdict};
+
+pin_project! {
+    /// The response future of [`RateLimit`](crate::RateLimit): the inner service's response
+    /// with rate-limit headers added, a refusal, or a request held by a delay-mode policy.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProjection]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Called { #[pin] future: S::Future, headers: Option<Box<HeaderMap>> },
+        Rejected { response: Option<Box<Response<Bytes>>> },
+        // Boxed: only delayed requests pay for the timer and the request they hold.
+        Waiting { waiting: Box<Waiting<S, B>> },
+    }
+}
+
+/// A request held until its delay-mode policies admit it.
+struct Waiting<S, B> {
+    sleep: Pin<Box<Sleep>>,
+    service: S,
+    request: Option<Request<B>>,
+    limiter: Arc<Limiter>,
+    since: Instant,
+}
+
+impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
+    pub(crate) fn called(future: S::Future, headers: Option<Box<HeaderMap>>) -> Self {
+        Self {
+            state: State::Called { future, headers },
+        }
+    }
+
+    pub(crate) fn rejected(response: Box<Response<Bytes>>) -> Self {
+        Self {
+            state: State::Rejected {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn waiting(
+        service: S,
+        request: Request<B>,
+        limiter: Arc<Limiter>,
+        wait: Duration,
+    ) -> Self {
+        let since = Instant::now();
+        let waiting = Waiting {
+            sleep: Box::pin(tokio::time::sleep_until(since + wait)),
+            service,
+            request: Some(request),
+            limiter,
+            since,
+        };
+        Self {
+            state: State::Waiting {
+                waiting: Box::new(waiting),
+            },
+        }
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    ResBody: http_body::Body,
+    ResBody::Data: From<Bytes>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            let next = match state.as_mut().project() {
+                StateProjection::Called { future, headers } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(headers) = headers.take() {
+                        response.headers_mut().extend(*headers);
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProjection::Rejected { response } => {
+                    let response = response
+                        .take()
+                        .expect("a ResponseFuture is not polled after it completed");
+                    return Poll::Ready(Ok((*response).map(ResponseBody::full)));
+                }
+                StateProjection::Waiting { waiting } => {
+                    ready!(waiting.sleep.as_mut().poll(cx));
+                    let request = waiting
+                        .request
+                        .take()
+                        .expect("a waiting request is taken only once, when it is admitted");
+                    let waited = waiting.since.elapsed();
+                    match waiting.limiter.check(&RequestHead::new(&request), waited) {
+                        Verdict::Admit(headers) => State::Called {
+                            future: waiting.service.call(request),
+                            headers,
+                        },
+                        Verdict::Reject(response) => State::Rejected {
+                            response: Some(response),
+                        },
+                        Verdict::Wait(wait) => {
+                            waiting.request = Some(request);
+                            let deadline = Instant::now() + wait;
+                            waiting.sleep.as_mut().reset(deadline);
+                            continue;
+                        }
+                    }
+                }
+            };
+            state.set(next);
+        }
+    }
+}
+
+impl<S: Service<Request<B>>, B> fmt::Debug for ResponseFuture<S, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Called { .. } => "called",
+            State::Rejected { .. } => "rejected",
+            State::Waiting { .. } => "waiting",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}

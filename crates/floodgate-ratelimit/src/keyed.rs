@@ -1,0 +1,163 @@
+//! [`KeyedLimiter`]: the counting engine of a policy, without HTTP.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use floodgate_core::clock::Clock;
+use floodgate_core::key::Key;
+
+use crate::algorithm::{Algorithm, Gcra, Window};
+use crate::engine::{Engine, Limits, Outcome};
+use crate::quota::{Quota, QuotaError};
+use crate::store::OnFull;
+
+/// A rate limiter keyed by any [`Key`], for work that is not an HTTP request: jobs,
+/// messages, connections, login attempts.
+///
+/// It is the engine a [`Policy`](crate::Policy) runs on, with the same algorithms, the same
+/// bounded key table and the same sweeper.
+///
+/// ```
+/// use floodgate_ratelimit::{Algorithm, KeyedLimiter, Quota};
+/// use std::time::Duration;
+///
+/// let logins: KeyedLimiter<String> = KeyedLimiter::new(Algorithm::TokenBucket, Quota::per_minute(5))?;
+/// for _ in 0..5 {
+///     assert!(logins.check(&"ana".to_owned()).is_ok());
+/// }
+/// let refusal = logins.check(&"ana".to_owned()).unwrap_err();
+/// // One login every 12 s refills the bucket.
+/// assert!(refusal.retry_after() > Duration::from_secs(11) && refusal.retry_after() <= Duration::from_secs(12));
+/// assert!(logins.check(&"bo".to_owned()).is_ok());
+/// # Ok::<(), floodgate_ratelimit::QuotaError>(())
+/// ```
+pub struct KeyedLimiter<K> {
+    engine: Engines<K>,
+}
+
+enum Engines<K> {
+    TokenBucket(Arc<Engine<K, Gcra>>),
+    SlidingWindow(Arc<Engine<K, Window>>),
+}
+
+/// Why [`KeyedLimiter::check`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Over quota: the same check succeeds after this long, if nothing else is admitted
+    /// first.
+    RetryAfter(Duration),
+    /// The cost is above what the quota ever admits at once.
+    CostExceedsQuota {
+        /// The largest cost that can be admitted.
+        max: u32,
+    },
+    /// The key table is full of active keys, and new keys are refused.
+    Full,
+}
+
+impl Refusal {
+    /// How long to wait before trying again: the wait for [`RetryAfter`](Self::RetryAfter),
+    /// `Duration::MAX` for a cost that never fits, zero when the table was full.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Refusal::RetryAfter(wait) => *wait,
+            Refusal::CostExceedsQuota { .. } => Duration::MAX,
+            Refusal::Full => Duration::ZERO,
+        }
+    }
+}
+
+impl<K: Key> KeyedLimiter<K> {
+    /// A limiter tracking up to a million keys, new keys sharing an overflow state beyond.
+    ///
+    /// # Errors
+    ///
+    /// The [`QuotaError`] if `quota` is not valid for `algorithm`.
+    pub fn new(algorithm: Algorithm, quota: Quota) -> Result<Self, QuotaError> {
+        Self::with_max_keys(algorithm, quota, 1_000_000, OnFull::Overflow)
+    }
+
+    /// A limiter tracking up to `max_keys` keys, with `on_full` for new keys beyond.
+    ///
+    /// # Errors
+    ///
+    /// The [`QuotaError`] if `quota` is not valid for `algorithm`.
+    pub fn with_max_keys(
+        algorithm: Algorithm,
+        quota: Quota,
+        max_keys: usize,
+        on_full: OnFull,
+    ) -> Result<Self, QuotaError> {
+        let limits = Limits {
+            max_keys,
+            on_full,
+            sweep_interval: Duration::from_secs(10),
+        };
+        let (name, clock) = ("keyed".to_owned(), Clock::new());
+        let engine = match algorithm {
+            Algorithm::TokenBucket => {
+                Engines::TokenBucket(Engine::new(name, quota, limits, clock)?)
+            }
+            Algorithm::SlidingWindow => {
+                Engines::SlidingWindow(Engine::new(name, quota, limits, clock)?)
+            }
+        };
+        Ok(Self { engine })
+    }
+
+    /// Admits one unit for `key` if its quota allows, and charges it.
+    ///
+    /// # Errors
+    ///
+    /// A [`Refusal`] when over quota; nothing is charged.
+    pub fn check(&self, key: &K) -> Result<(), Refusal> {
+        self.check_cost(key, 1)
+    }
+
+    /// Admits `cost` units for `key` if its quota allows, and charges them.
+    ///
+    /// # Errors
+    ///
+    /// A [`Refusal`] when over quota or when `cost` can never fit; nothing is charged.
+    pub fn check_cost(&self, key: &K, cost: u32) -> Result<(), Refusal> {
+        let outcome = match &self.engine {
+            Engines::TokenBucket(engine) => engine.acquire(key, engine.clock().now_nanos(), cost),
+            Engines::SlidingWindow(engine) => engine.acquire(key, engine.clock().now_nanos(), cost),
+        };
+        match outcome {
+            Outcome::Decided(decision) if decision.allowed => Ok(()),
+            Outcome::Decided(decision) => Err(Refusal::RetryAfter(Duration::from_nanos(
+                decision.retry_after,
+            ))),
+            Outcome::TooCostly { max } => Err(Refusal::CostExceedsQuota { max }),
+            Outcome::Full => Err(Refusal::Full),
+        }
+    }
+
+    /// Keys tracked now.
+    pub fn tracked_keys(&self) -> usize {
+        match &self.engine {
+            Engines::TokenBucket(engine) => engine.tracked_keys(),
+            Engines::SlidingWindow(engine) => engine.tracked_keys(),
+        }
+    }
+
+    /// Drops every key whose state is fresh again; returns how many. No decision changes.
+    pub fn sweep(&self) -> usize {
+        match &self.engine {
+            Engines::TokenBucket(engine) => engine.sweep(),
+            Engines::SlidingWindow(engine) => engine.sweep(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for KeyedLimiter<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.engine {
+            Engines::TokenBucket(engine) => f.debug_tuple("KeyedLimiter").field(engine).finish(),
+            Engines::SlidingWindow(engine) => f.debug_tuple("KeyedLimiter").field(engine).finish(),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! [`RateLimitLayer`], its builder, and handles to its policies.
+
+use std::fmt;
+use std::sync::Arc;
+
+use floodgate_core::clock::Clock;
+use floodgate_core::header::is_token;
+use floodgate_core::key::KeyExtractor;
+use floodgate_core::rejection::{ProblemJson, RenderRejection};
+use tower::Layer;
+
+use crate::algorithm::{Algorithm, Gcra, Window};
+use crate::limit::{self, Limit};
+use crate::limiter::Limiter;
+use crate::policy::Policy;
+use crate::quota::{Quota, QuotaError};
+use crate::service::RateLimit;
+
+/// The most policies one layer holds (one bit each in a per-request mask).
+const MAX_POLICIES: usize = 64;
+
+/// Applies rate-limit policies to every request of the service it wraps.
+///
+/// All state lives behind one `Arc` made when the layer is built: every service this layer
+/// makes, every clone of those services (axum clones per request) and every route it is
+/// applied to shares the same counters. Cloning the layer does not create new limits.
+///
+/// Refusals are responses (429 with `Retry-After`, or as configured), never errors, so no
+/// `HandleErrorLayer` is needed in axum.
+///
+/// See the [crate documentation](crate) for an example.
+#[derive(Clone)]
+#[must_use]
+pub struct RateLimitLayer {
+    limiter: Arc<Limiter>,
+}
+
+impl RateLimitLayer {
+    /// Starts a layer; add policies with [`RateLimitLayerBuilder::policy`].
+    pub fn builder() -> RateLimitLayerBuilder {
+        RateLimitLayerBuilder {
+            policies: Vec::new(),
+            renderer: Box::new(ProblemJson),
+            clock: Clock::new(),
+            error: None,
+        }
+    }
+
+    /// A handle to the policy named `name`, to read or change it at run time.
+    pub fn policy(&self, name: &str) -> Option<PolicyHandle> {
+        self.limiter
+            .policies
+            .iter()
+            .find(|policy| policy.name() == name)
+            .map(|policy| PolicyHandle {
+                policy: Arc::clone(policy),
+            })
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> RateLimit<S> {
+        RateLimit::new(inner, Arc::clone(&self.limiter))
+    }
+}
+
+impl fmt::Debug for RateLimitLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("policies", &self.limiter.policies)
+            .finish()
+    }
+}
+
+/// Builds a [`RateLimitLayer`]; every setting is checked by [`build`](Self::build).
+#[must_use]
+pub struct RateLimitLayerBuilder {
+    policies: Vec<Arc<dyn Limit>>,
+    renderer: Box<dyn RenderRejection>,
+    clock: Clock,
+    error: Option<ConfigError>,
+}
+
+impl RateLimitLayerBuilder {
+    /// Adds a policy. A request is admitted only if every policy that applies to it admits
+    /// it, and a policy that refuses leaves the others uncharged.
+    pub fn policy<E: KeyExtractor>(mut self, policy: Policy<E>) -> Self {
+        if self.error.is_some() {
+            return self;
+        }
+        let name = policy.name.clone();
+        if !is_token(name.as_bytes()) || name.contains(['"', '\\']) {
+            self.error = Some(ConfigError::Name(name));
+            return self;
+        }
+        if self.policies.iter().any(|existing| existing.name() == name) {
+            self.error = Some(ConfigError::DuplicateName(name));
+            return self;
+        }
+        if policy.max_keys == 0 {
+            self.error = Some(ConfigError::NoKeys(name));
+            return self;
+        }
+        let built = match policy.algorithm {
+            Algorithm::TokenBucket => limit::build::<E, Gcra>(policy, self.clock),
+            Algorithm::SlidingWindow => limit::build::<E, Window>(policy, self.clock),
+        };
+        match built {
+            Ok(limit) => self.policies.push(limit),
+            Err(error) => {
+                self.error = Some(ConfigError::Quota {
+                    policy: name,
+                    error,
+                });
+            }
+        }
+        self
+    }
+
+    /// Makes refusal bodies with `renderer` instead of RFC 9457 problem+json.
+    pub fn render_rejection(mut self, renderer: impl RenderRejection) -> Self {
+        self.renderer = Box::new(renderer);
+        self
+    }
+
+    /// The layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first policy that was refused, or saying there is none.
+    pub fn build(self) -> Result<RateLimitLayer, ConfigError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        if self.policies.is_empty() {
+            return Err(ConfigError::NoPolicies);
+        }
+        if self.policies.len() > MAX_POLICIES {
+            return Err(ConfigError::TooManyPolicies(self.policies.len()));
+        }
+        Ok(RateLimitLayer {
+            limiter: Arc::new(Limiter {
+                policies: self.policies.into(),
+                clock: self.clock,
+                renderer: self.renderer,
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for RateLimitLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayerBuilder")
+            .field("policies", &self.policies)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A handle to one policy of a built layer: read its quota and key count, change its quota.
+#[derive(Clone)]
+pub struct PolicyHandle {
+    policy: Arc<dyn Limit>,
+}
+
+impl PolicyHandle {
+    /// The policy's name.
+    pub fn name(&self) -> &str {
+        self.policy.name()
+    }
+
+    /// The quota in force.
+    pub fn quota(&self) -> Quota {
+        self.policy.configured().quota
+    }
+
+    /// Replaces the quota from the next request on, keeping every key's state.
+    ///
+    /// Nobody gets a fresh quota from a change.
+    ///
+    /// - **Token bucket.** Each key keeps its TAT, the time at which its bucket is full
+    ///   again. A client that emptied its bucket is still empty and refills at the new
+    ///   rate; one that was idle has a full bucket of the new size.
+    /// - **Sliding window.** Each key keeps its counts, and the new count applies to what
+    ///   the current and previous windows already counted. A new period applies from the
+    ///   next request.
+    ///
+    /// # Errors
+    ///
+    /// The [`QuotaError`] if `quota` is not valid for the policy's algorithm; the old quota
+    /// stays.
+    pub fn set_quota(&self, quota: Quota) -> Result<(), QuotaError> {
+        self.policy.set_quota(quota)
+    }
+
+    /// How many keys the policy tracks now.
+    pub fn tracked_keys(&self) -> usize {
+        self.policy.tracked_keys()
+    }
+
+    /// Drops every key whose state is fresh again, now, rather than at the next sweep;
+    /// returns how many were dropped. No decision changes because of it.
+    pub fn sweep(&self) -> usize {
+        self.policy.sweep()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn policy_arc(&self) -> Arc<dyn Limit> {
+        Arc::clone(&self.policy)
+    }
+}
+
+impl fmt::Debug for PolicyHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.policy.fmt(f)
+    }
+}
+
+/// Why a [`RateLimitLayer`] could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No policy was added.
+    NoPolicies,
+    /// More policies than one layer holds.
+    TooManyPolicies(usize),
+    /// A policy name is empty or has characters other than letters, digits and
+    /// ``!#$%&'*+-.^_`|~`` (it appears in headers and metric labels).
+    Name(String),
+    /// Two policies share a name.
+    DuplicateName(String),
+    /// A policy allows zero keys.
+    NoKeys(String),
+    /// A policy's quota is not valid for its algorithm.
+    Quota {
+        /// The policy's name.
+        policy: String,
+        /// What is wrong with the quota.
+        error: QuotaError,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::NoPolicies => f.write_str("a rate-limit layer needs at least one policy"),
+            ConfigError::TooManyPolicies(count) => {
+                write!(f, "{count} policies in one layer; at most {MAX_POLICIES}")
+            }
+            ConfigError::Name(name) => write!(
+                f,
+                "policy name {name:?} must be non-empty and made of letters, digits and -_.~ \
+                 (it appears in headers and metric labels)"
+            ),
+            ConfigError::DuplicateName(name) => write!(f, "two policies are named {name:?}"),
+            ConfigError::NoKeys(name) => {
+                write!(
+                    f,
+                    "policy {name:?} allows no keys: max_keys must be at least 1"
+                )
+            }
+            ConfigError::Quota { policy, error } => write!(f, "policy {policy:?}: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Quota { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
