@@ -1,7 +1,9 @@
 //! floodgate's rate limiter side by side with governor, the crate a Rust user picks today.
 //!
 //! `keyed`: one admitted check of an IPv4 key, against governor's `DefaultKeyedRateLimiter`
-//! at the same quota and with the same key type. The quota is large, so every check is
+//! at the same quota and with the same key type. `governor_std_clock` is governor reading
+//! `std::time::Instant` (what tokio's clock reads outside tests, and so what floodgate reads)
+//! instead of its default TSC clock, to show how much of a gap is the clock. The quota is large, so every check is
 //! admitted and charged (the write path). Keys are inserted before timing, so the hit path
 //! is measured. Cases:
 //! - one hot key;
@@ -58,6 +60,21 @@ impl Check for DefaultKeyedRateLimiter<IpKey> {
     }
 }
 
+/// governor on `std::time::Instant`, the clock tokio reads outside tests, to separate the
+/// cost of the clock from the cost of the limiter.
+type GovernorStdClock = governor::RateLimiter<
+    IpKey,
+    governor::state::keyed::DashMapStateStore<IpKey>,
+    governor::clock::MonotonicClock,
+    governor::middleware::NoOpMiddleware<std::time::Instant>,
+>;
+
+impl Check for GovernorStdClock {
+    fn check(&self, key: &IpKey) -> bool {
+        self.check_key(key).is_ok()
+    }
+}
+
 fn floodgate(algorithm: Algorithm) -> KeyedLimiter<IpKey> {
     let quota = match algorithm {
         Algorithm::TokenBucket => Quota::per_second(PER_SECOND).burst(PER_SECOND),
@@ -72,9 +89,9 @@ fn floodgate(algorithm: Algorithm) -> KeyedLimiter<IpKey> {
     .expect("a valid quota")
 }
 
-fn governor() -> DefaultKeyedRateLimiter<IpKey> {
+fn governor_quota() -> governor::Quota {
     let rate = NonZeroU32::new(PER_SECOND).expect("non-zero");
-    DefaultKeyedRateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(rate))
+    governor::Quota::per_second(rate).allow_burst(rate)
 }
 
 /// Times `iters` checks over `keys` round-robin on `threads` threads, each starting at its
@@ -108,7 +125,7 @@ fn keyed(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for (case, count) in cases {
         let keys = keys(count);
-        let limiters: [(&str, Box<dyn Check>); 3] = [
+        let limiters: [(&str, Box<dyn Check>); 4] = [
             (
                 "floodgate_token_bucket",
                 Box::new(floodgate(Algorithm::TokenBucket)),
@@ -117,7 +134,17 @@ fn keyed(c: &mut Criterion) {
                 "floodgate_sliding_window",
                 Box::new(floodgate(Algorithm::SlidingWindow)),
             ),
-            ("governor", Box::new(governor())),
+            (
+                "governor",
+                Box::new(DefaultKeyedRateLimiter::keyed(governor_quota())),
+            ),
+            (
+                "governor_std_clock",
+                Box::new(GovernorStdClock::dashmap_with_clock(
+                    governor_quota(),
+                    governor::clock::MonotonicClock,
+                )),
+            ),
         ];
         for (name, limiter) in &limiters {
             for key in &keys {
@@ -160,12 +187,30 @@ fn request() -> Request<Body> {
     request
 }
 
-fn call<S>(service: &mut S) -> u16
+fn call<S>(service: &mut S, request: Request<Body>) -> u16
 where
     S: Service<Request<Body>>,
     S::Response: StatusOf,
 {
-    ready(service.call(request())).map_or(0, |response| response.status_code())
+    ready(service.call(request)).map_or(0, |response| response.status_code())
+}
+
+/// Times calls of `service`, with each request built outside the timed part.
+fn bench_calls<S>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut service: S,
+) where
+    S: Service<Request<Body>>,
+    S::Response: StatusOf,
+{
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            request,
+            |request| call(&mut service, request),
+            criterion::BatchSize::SmallInput,
+        );
+    });
 }
 
 /// The status of either layer's response type.
@@ -211,14 +256,21 @@ fn layer(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("ratelimit_layer");
     group.throughput(Throughput::Elements(1));
-    let mut plain = floodgate_layer(HeaderStyle::None).layer(inner);
-    group.bench_function("floodgate", |b| b.iter(|| call(&mut plain)));
-    let mut with_headers = floodgate_layer(HeaderStyle::Draft).layer(inner);
-    group.bench_function("floodgate_draft_headers", |b| {
-        b.iter(|| call(&mut with_headers));
-    });
-    let mut peer = tower_governor::GovernorLayer::new(governor_config).layer(inner);
-    group.bench_function("tower_governor", |b| b.iter(|| call(&mut peer)));
+    bench_calls(
+        &mut group,
+        "floodgate",
+        floodgate_layer(HeaderStyle::None).layer(inner),
+    );
+    bench_calls(
+        &mut group,
+        "floodgate_draft_headers",
+        floodgate_layer(HeaderStyle::Draft).layer(inner),
+    );
+    bench_calls(
+        &mut group,
+        "tower_governor",
+        tower_governor::GovernorLayer::new(governor_config).layer(inner),
+    );
     group.finish();
 }
 

@@ -48,6 +48,6 @@ pub use floodgate_core::{body, clock, header, key, metrics, rejection};
 pub use floodgate_ratelimit as ratelimit;
 
 /// The README's examples, compiled and run as doc tests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "ratelimit"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -13,6 +13,7 @@ use floodgate_core::metrics::{
     RATELIMIT_DRY_RUN_REJECTED_TOTAL, RATELIMIT_OVERFLOW_TOTAL, RATELIMIT_REJECTED_TOTAL,
     RATELIMIT_SWEPT_KEYS_TOTAL, RATELIMIT_TRACKED_KEYS,
 };
+use http::HeaderValue;
 use metrics::{Counter, Gauge};
 
 use crate::algorithm::{Decision, State, Words};
@@ -23,8 +24,8 @@ use crate::store::{OnFull, Slot, Store};
 #[derive(Debug)]
 pub(crate) struct Configured {
     pub(crate) quota: Quota,
-    /// `"name";q=100;w=60`.
-    pub(crate) policy_item: String,
+    /// `"name";q=100;w=60`, made once per quota rather than per response.
+    pub(crate) policy_item: HeaderValue,
 }
 
 /// What one charge attempt found.
@@ -283,7 +284,10 @@ impl<K: Key, S: State> Engine<K, S> {
 fn configure<S: State>(name: &str, quota: Quota) -> Result<(Configured, S::Params), QuotaError> {
     let params = S::params(&quota)?;
     let window = quota.period().as_secs() + u64::from(quota.period().subsec_nanos() > 0);
-    let policy_item = format!("\"{name}\";q={};w={window}", quota.count());
+    // Policy names are checked to be tokens when the layer is built, so this is visible
+    // ASCII; a failure would be a bug, and then the policy just sends no item.
+    let policy_item = HeaderValue::try_from(format!("\"{name}\";q={};w={window}", quota.count()))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
     Ok((Configured { quota, policy_item }, params))
 }
 

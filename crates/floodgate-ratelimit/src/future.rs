@@ -10,12 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use floodgate_core::body::ResponseBody;
 use floodgate_core::key::RequestHead;
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use crate::limiter::{Limiter, Verdict};
+use crate::limiter::{Fields, Limiter, Verdict};
 
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit): the inner service's response
@@ -35,7 +35,7 @@ pin_project! {
     where
         S: Service<Request<B>>,
     {
-        Called { #[pin] future: S::Future, headers: Option<Box<HeaderMap>> },
+        Called { #[pin] future: S::Future, fields: Option<Box<Fields>> },
         Rejected { response: Option<Box<Response<Bytes>>> },
         // Boxed: only delayed requests pay for the timer and the request they hold.
         Waiting { waiting: Box<Waiting<S, B>> },
@@ -52,9 +52,9 @@ struct Waiting<S, B> {
 }
 
 impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
-    pub(crate) fn called(future: S::Future, headers: Option<Box<HeaderMap>>) -> Self {
+    pub(crate) fn called(future: S::Future, fields: Option<Box<Fields>>) -> Self {
         Self {
-            state: State::Called { future, headers },
+            state: State::Called { future, fields },
         }
     }
 
@@ -100,10 +100,10 @@ where
         let mut state = self.project().state;
         loop {
             let next = match state.as_mut().project() {
-                StateProjection::Called { future, headers } => {
+                StateProjection::Called { future, fields } => {
                     let mut response = ready!(future.poll(cx))?;
-                    if let Some(headers) = headers.take() {
-                        response.headers_mut().extend(*headers);
+                    if let Some(fields) = fields.take() {
+                        fields.apply(response.headers_mut());
                     }
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
@@ -121,9 +121,9 @@ where
                         .expect("a waiting request is taken only once, when it is admitted");
                     let waited = waiting.since.elapsed();
                     match waiting.limiter.check(&RequestHead::new(&request), waited) {
-                        Verdict::Admit(headers) => State::Called {
+                        Verdict::Admit(fields) => State::Called {
                             future: waiting.service.call(request),
-                            headers,
+                            fields,
                         },
                         Verdict::Reject(response) => State::Rejected {
                             response: Some(response),

@@ -31,7 +31,7 @@ pub(crate) struct Limiter {
 #[derive(Debug)]
 pub(crate) enum Verdict {
     /// Pass it on, adding these header fields (if any) to the response.
-    Admit(Option<Box<HeaderMap>>),
+    Admit(Option<Box<Fields>>),
     /// Answer with this refusal. Boxed, like the fields: the common verdict stays two words.
     Reject(Box<Response<Bytes>>),
     /// Check again after this long (a delay-mode policy is over quota).
@@ -110,14 +110,11 @@ impl Limiter {
                         policy.name(),
                         policy.configured().quota
                     );
-                    let mut rejection = Rejection::new(Reason::RateLimited, detail)
+                    let rejection = Rejection::new(Reason::RateLimited, detail)
                         .with_retry_after(Duration::from_nanos(decision.retry_after));
-                    for (name, value) in fields.into_headers().into_iter().flat_map(|h| *h) {
-                        if let Some(name) = name {
-                            rejection = rejection.with_header(name, value);
-                        }
-                    }
-                    return Verdict::Reject(Box::new(rejection.into_response(&*self.renderer)));
+                    let mut response = rejection.into_response(&*self.renderer);
+                    fields.apply(response.headers_mut());
+                    return Verdict::Reject(Box::new(response));
                 }
             }
         }
@@ -130,7 +127,7 @@ impl Limiter {
                 policy.metrics().admitted.increment(1);
             }
         }
-        Verdict::Admit(fields.into_headers())
+        Verdict::Admit(fields.into_box())
     }
 
     fn refund(&self, request: &RequestHead<'_>, now: u64, charged: u64) {
@@ -144,8 +141,10 @@ impl Limiter {
 
 /// The rate-limit header fields of one response, built as policies are checked.
 #[derive(Debug, Default)]
-struct Fields {
-    policy: String,
+pub(crate) struct Fields {
+    /// `RateLimit-Policy`: one item per policy, joined with `, `.
+    policy: Option<HeaderValue>,
+    /// `RateLimit`: one item per policy, joined with `, `.
     ratelimit: String,
     /// `(limit, remaining, reset seconds)` of the legacy policy with the fewest remaining.
     legacy: Option<(u32, u64, u64)>,
@@ -160,9 +159,17 @@ impl Fields {
         let configured = policy.configured();
         let reset = seconds_rounded_up(decision.reset_after);
         if style.draft() {
-            separate(&mut self.policy);
-            self.policy.push_str(&configured.policy_item);
-            separate(&mut self.ratelimit);
+            self.policy = Some(match self.policy.take() {
+                None => configured.policy_item.clone(),
+                Some(items) => {
+                    let joined =
+                        [items.as_bytes(), b", ", configured.policy_item.as_bytes()].concat();
+                    HeaderValue::from_bytes(&joined).unwrap_or(items)
+                }
+            });
+            if !self.ratelimit.is_empty() {
+                self.ratelimit.push_str(", ");
+            }
             let _ = write!(
                 self.ratelimit,
                 "\"{}\";r={};t={reset}",
@@ -179,33 +186,23 @@ impl Fields {
         }
     }
 
-    fn into_headers(self) -> Option<Box<HeaderMap>> {
-        if self.policy.is_empty() && self.legacy.is_none() {
-            return None;
-        }
-        let mut headers = HeaderMap::new();
-        // Policy names are checked to be tokens when the layer is built, so every value
-        // here is visible ASCII.
-        let mut insert = |name: &HeaderName, value: String| {
-            if let Ok(value) = HeaderValue::try_from(value) {
-                headers.insert(name.clone(), value);
+    fn into_box(self) -> Option<Box<Fields>> {
+        (self.policy.is_some() || self.legacy.is_some()).then(|| Box::new(self))
+    }
+
+    /// Adds the fields to a response's headers.
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        if let Some(policy) = self.policy {
+            headers.insert(RATELIMIT_POLICY.clone(), policy);
+            // Policy names are tokens (checked when the layer is built): visible ASCII.
+            if let Ok(ratelimit) = HeaderValue::try_from(self.ratelimit) {
+                headers.insert(RATELIMIT.clone(), ratelimit);
             }
-        };
-        if !self.policy.is_empty() {
-            insert(&RATELIMIT_POLICY, self.policy);
-            insert(&RATELIMIT, self.ratelimit);
         }
         if let Some((limit, remaining, reset)) = self.legacy {
-            insert(&X_RATELIMIT_LIMIT, limit.to_string());
-            insert(&X_RATELIMIT_REMAINING, remaining.to_string());
-            insert(&X_RATELIMIT_RESET, reset.to_string());
+            headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(limit));
+            headers.insert(X_RATELIMIT_REMAINING.clone(), HeaderValue::from(remaining));
+            headers.insert(X_RATELIMIT_RESET.clone(), HeaderValue::from(reset));
         }
-        Some(Box::new(headers))
-    }
-}
-
-fn separate(list: &mut String) {
-    if !list.is_empty() {
-        list.push_str(", ");
     }
 }

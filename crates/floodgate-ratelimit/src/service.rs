@@ -82,7 +82,7 @@ where
             .limiter
             .check(&RequestHead::new(&request), Duration::ZERO)
         {
-            Verdict::Admit(headers) => ResponseFuture::called(self.inner.call(request), headers),
+            Verdict::Admit(fields) => ResponseFuture::called(self.inner.call(request), fields),
             Verdict::Reject(response) => ResponseFuture::rejected(response),
             Verdict::Wait(wait) => {
                 // The waiting request takes the service that was polled ready; this one

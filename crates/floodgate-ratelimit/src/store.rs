@@ -52,7 +52,7 @@ struct Shard<K, S> {
 #[derive(Debug)]
 pub(crate) struct Store<K, S> {
     shards: Box<[Shard<K, S>]>,
-    hasher: foldhash::fast::RandomState,
+    hasher: foldhash::quality::RandomState,
     len: AtomicUsize,
     max_keys: usize,
     on_full: OnFull,
@@ -79,7 +79,7 @@ impl<K: Key, S: Default> Store<K, S> {
                     table: RwLock::new(HashTable::new()),
                 })
                 .collect(),
-            hasher: foldhash::fast::RandomState::default(),
+            hasher: foldhash::quality::RandomState::default(),
             len: AtomicUsize::new(0),
             max_keys,
             on_full,
