@@ -36,11 +36,17 @@
 //! |---|---|---|
 //! | `axum` | yes | reading axum's `ConnectInfo` (peer address) and `MatchedPath` (`key::Route`) |
 //! | `ratelimit` | no | [`ratelimit`]: token-bucket and sliding-window rate limiting |
+//! | `compression` | no | [`compression`]: gzip response compression |
 //! | `full` | no | every feature |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[doc(inline)]
-pub use floodgate_core::{body, clock, header, key, metrics, rejection};
+pub use floodgate_core::{body, clock, encoding, header, key, metrics, rejection};
+
+#[cfg(feature = "compression")]
+#[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+#[doc(inline)]
+pub use floodgate_compression as compression;
 
 #[cfg(feature = "ratelimit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]

@@ -6,6 +6,7 @@
 //! - [`rejection`]: the 429/503/… responses a layer sends when it refuses work. They carry
 //!   `Retry-After` and an RFC 9457 problem+json body.
 //! - [`body`]: the response body of a layer that can answer by itself.
+//! - [`encoding`]: content codings and `Accept-Encoding` negotiation.
 //! - [`header`]: total parsers for header lists, parameters, q-values and quoted strings.
 //! - [`metrics`]: the name of every metric, emitted through the `metrics` facade.
 //! - [`clock`]: monotonic nanoseconds from tokio's clock, so tests can pause time.
@@ -48,6 +49,7 @@
 
 pub mod body;
 pub mod clock;
+pub mod encoding;
 pub mod header;
 pub mod key;
 pub mod metrics;

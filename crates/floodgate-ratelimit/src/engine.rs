@@ -62,11 +62,11 @@ pub(crate) struct Limits {
 
 /// A quota's numbers behind a sequence lock. Readers, one per decision, take no lock and
 /// write nothing shared; they retry only while a quota change (rare) is half written.
+/// Writers are serialised by the engine's `changing` lock.
 #[derive(Debug)]
 struct ParamCell {
     sequence: AtomicU64,
     words: [AtomicU64; 3],
-    writer: Mutex<()>,
 }
 
 impl ParamCell {
@@ -74,7 +74,6 @@ impl ParamCell {
         Self {
             sequence: AtomicU64::new(0),
             words: words.map(AtomicU64::new),
-            writer: Mutex::new(()),
         }
     }
 
@@ -96,7 +95,6 @@ impl ParamCell {
     }
 
     fn store(&self, words: [u64; 3]) {
-        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         self.sequence.fetch_add(1, Ordering::Relaxed);
         // Orders the odd sequence before the word stores.
         fence(Ordering::Release);
@@ -107,10 +105,14 @@ impl ParamCell {
     }
 }
 
+/// How far in the past the sweep judges freshness.
+const SWEEP_MARGIN_NANOS: u64 = 1_000_000_000;
+
 pub(crate) struct Engine<K, S: State> {
     name: String,
     configured: ArcSwap<Configured>,
     params: ParamCell,
+    changing: Mutex<()>,
     store: Store<K, S>,
     clock: Clock,
     sweep_interval: Duration,
@@ -130,6 +132,7 @@ impl<K: Key, S: State> Engine<K, S> {
         Ok(Arc::new_cyclic(|this| Engine {
             configured: ArcSwap::from_pointee(configured),
             params: ParamCell::new(params.to_words()),
+            changing: Mutex::new(()),
             store: Store::new(limits.max_keys, limits.on_full),
             name,
             clock,
@@ -162,6 +165,8 @@ impl<K: Key, S: State> Engine<K, S> {
 
     pub(crate) fn set_quota(&self, quota: Quota) -> Result<(), QuotaError> {
         let (configured, params) = configure::<S>(&self.name, quota)?;
+        // One change at a time, so the numbers enforced and the quota reported always match.
+        let _changing = self.changing.lock().unwrap_or_else(PoisonError::into_inner);
         self.params.store(params.to_words());
         self.configured.store(Arc::new(configured));
         tracing::info!(target: "floodgate::ratelimit", policy = %self.name, %quota, "quota changed");
@@ -260,7 +265,9 @@ impl<K: Key, S: State> Engine<K, S> {
     }
 
     fn sweep_shard(&self, shard: usize) -> usize {
-        let now = self.clock.now_nanos();
+        // Judge freshness a second in the past: a request that read the clock before the
+        // sweep but reaches the key after it must find the same state it would have found.
+        let now = self.clock.now_nanos().saturating_sub(SWEEP_MARGIN_NANOS);
         let params = self.params();
         let dropped = self
             .store

@@ -41,6 +41,9 @@ enum Engines<K> {
     SlidingWindow(Arc<Engine<K, Window>>),
 }
 
+/// How often a [`KeyedLimiter`] drops fresh keys.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Why [`KeyedLimiter::check`] refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -53,18 +56,19 @@ pub enum Refusal {
         /// The largest cost that can be admitted.
         max: u32,
     },
-    /// The key table is full of active keys, and new keys are refused.
+    /// The key table is full of active keys, and new keys are refused until the next sweep.
     Full,
 }
 
 impl Refusal {
     /// How long to wait before trying again: the wait for [`RetryAfter`](Self::RetryAfter),
-    /// `Duration::MAX` for a cost that never fits, zero when the table was full.
+    /// `Duration::MAX` for a cost that never fits, the sweep interval (10 s) when the table
+    /// was full.
     pub fn retry_after(&self) -> Duration {
         match self {
             Refusal::RetryAfter(wait) => *wait,
             Refusal::CostExceedsQuota { .. } => Duration::MAX,
-            Refusal::Full => Duration::ZERO,
+            Refusal::Full => SWEEP_INTERVAL,
         }
     }
 }
@@ -93,7 +97,7 @@ impl<K: Key> KeyedLimiter<K> {
         let limits = Limits {
             max_keys,
             on_full,
-            sweep_interval: Duration::from_secs(10),
+            sweep_interval: SWEEP_INTERVAL,
         };
         let (name, clock) = ("keyed".to_owned(), Clock::new());
         let engine = match algorithm {

@@ -91,7 +91,7 @@ impl RateLimitLayerBuilder {
             return self;
         }
         let name = policy.name.clone();
-        if !is_token(name.as_bytes()) || name.contains(['"', '\\']) {
+        if !is_token(name.as_bytes()) {
             self.error = Some(ConfigError::Name(name));
             return self;
         }
@@ -101,6 +101,10 @@ impl RateLimitLayerBuilder {
         }
         if policy.max_keys == 0 {
             self.error = Some(ConfigError::NoKeys(name));
+            return self;
+        }
+        if policy.sweep_interval.is_zero() {
+            self.error = Some(ConfigError::SweepInterval(name));
             return self;
         }
         let built = match policy.algorithm {
@@ -233,6 +237,8 @@ pub enum ConfigError {
     DuplicateName(String),
     /// A policy allows zero keys.
     NoKeys(String),
+    /// A policy's sweep interval is zero.
+    SweepInterval(String),
     /// A policy's quota is not valid for its algorithm.
     Quota {
         /// The policy's name.
@@ -259,6 +265,12 @@ impl fmt::Display for ConfigError {
                 write!(
                     f,
                     "policy {name:?} allows no keys: max_keys must be at least 1"
+                )
+            }
+            ConfigError::SweepInterval(name) => {
+                write!(
+                    f,
+                    "policy {name:?} has a zero sweep interval: use at least a millisecond"
                 )
             }
             ConfigError::Quota { policy, error } => write!(f, "policy {policy:?}: {error}"),

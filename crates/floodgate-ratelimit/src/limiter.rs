@@ -52,8 +52,9 @@ impl Limiter {
             let decision = match policy.evaluate(request, now) {
                 Evaluation::Skip => continue,
                 Evaluation::Decided(decision) => decision,
-                Evaluation::NoKey(error) => {
+                Evaluation::NoKey(error) if policy.mode() != Mode::DryRun => {
                     self.refund(request, now, charged);
+                    policy.metrics().rejected.increment(1);
                     return Verdict::Reject(Box::new(
                         Rejection::from(&error).into_response(&*self.renderer),
                     ));
@@ -69,18 +70,20 @@ impl Limiter {
                     let rejection = Rejection::new(Reason::CostExceedsQuota, detail);
                     return Verdict::Reject(Box::new(rejection.into_response(&*self.renderer)));
                 }
-                Evaluation::TooCostly { .. } => {
-                    policy.metrics().dry_run_rejected.increment(1);
-                    continue;
-                }
-                Evaluation::Full => {
+                Evaluation::Full if policy.mode() != Mode::DryRun => {
                     self.refund(request, now, charged);
+                    policy.metrics().rejected.increment(1);
                     let rejection = Rejection::new(
                         Reason::Overloaded,
                         "too many clients are being rate limited at once; try again shortly",
                     )
                     .with_retry_after(policy.sweep_interval());
                     return Verdict::Reject(Box::new(rejection.into_response(&*self.renderer)));
+                }
+                // A dry run only reports: no key, too costly or no room, it lets the request by.
+                Evaluation::NoKey(_) | Evaluation::TooCostly { .. } | Evaluation::Full => {
+                    policy.metrics().dry_run_rejected.increment(1);
+                    continue;
                 }
             };
             fields.add(&**policy, &decision);

@@ -183,7 +183,8 @@ impl<E: KeyExtractor> Policy<E> {
         self
     }
 
-    /// Charges each request `cost(request)` units instead of 1. A cost of 0 is free; a cost
+    /// Charges each request `cost(request)` units instead of 1. `cost` must depend only on
+    /// the request: a refusal by another policy gives back what it computes again. A cost of 0 is free; a cost
     /// above the burst (token bucket) or the count (sliding window) can never be admitted
     /// and is refused with 400 and its own reason,
     /// [`Reason::CostExceedsQuota`](floodgate_core::rejection::Reason::CostExceedsQuota).

@@ -551,9 +551,10 @@ async fn a_full_key_table_never_resets_an_active_client() {
         status(&mut service, request_from(victim)).await,
         StatusCode::TOO_MANY_REQUESTS
     );
-    // Only fresh keys go, and only after their quota has refilled.
+    // Only fresh keys go, and only after their quota has refilled (the sweep judges
+    // freshness a second in the past).
     assert_eq!(handle.sweep(), 0);
-    tokio::time::advance(Duration::from_secs(3600)).await;
+    tokio::time::advance(Duration::from_secs(3601)).await;
     assert_eq!(handle.sweep(), 1_000);
     assert_eq!(
         status(&mut service, request_from(victim)).await,
@@ -751,4 +752,80 @@ async fn decisions_are_counted_per_policy() {
     };
     assert_eq!(count("floodgate_ratelimit_admitted_total"), 2);
     assert_eq!(count("floodgate_ratelimit_rejected_total"), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dry_run_lets_requests_through_even_without_a_key_or_room() {
+    let layer = RateLimitLayer::builder()
+        .policy(
+            Policy::token_bucket(
+                "shadow",
+                Header::new(HeaderName::from_static("x-api-key")),
+                Quota::per_hour(1),
+            )
+            .mode(Mode::DryRun)
+            .max_keys(1, OnFull::Reject),
+        )
+        .build()
+        .expect("valid layer");
+    let mut service = layer.layer(counting_service(Arc::default()));
+    // No key at all.
+    assert_eq!(
+        status(&mut service, request_from([192, 0, 2, 1])).await,
+        StatusCode::OK
+    );
+    // A key, then a second one that finds the table full.
+    for key in ["a", "b", "b"] {
+        let mut request = request_from([192, 0, 2, 1]);
+        request
+            .headers_mut()
+            .insert("x-api-key", http::HeaderValue::from_static(key));
+        assert_eq!(status(&mut service, request).await, StatusCode::OK);
+    }
+}
+
+#[test]
+fn a_zero_sweep_interval_is_refused() {
+    let layer = RateLimitLayer::builder()
+        .policy(
+            Policy::token_bucket("p", Global, Quota::per_second(1)).sweep_interval(Duration::ZERO),
+        )
+        .build();
+    assert_eq!(
+        layer.err(),
+        Some(crate::ConfigError::SweepInterval("p".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contended_sliding_window_admits_exactly_its_limit() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::sliding_window(
+            "window",
+            Global,
+            Quota::per_hour(100),
+        ))
+        .build()
+        .expect("valid layer");
+    let service = layer.layer(counting_service(Arc::clone(&calls)));
+    let tasks: Vec<_> = (0..1_000_u32)
+        .map(|i| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                service
+                    .oneshot(request_from([
+                        192,
+                        0,
+                        2,
+                        u8::try_from(i % 200).unwrap_or(0),
+                    ]))
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert!(task.await.expect("no panic").is_ok());
+    }
+    assert_eq!(calls.load(Ordering::Relaxed), 100);
 }

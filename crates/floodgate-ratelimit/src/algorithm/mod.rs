@@ -43,8 +43,8 @@ pub enum Algorithm {
     /// The estimate assumes the previous window's requests were spread evenly. It is exact
     /// for even traffic and errs by a few percent on ordinary traffic (Cloudflare measured
     /// 0.003 % wrong decisions). A client that packs `L` requests at the end of one window
-    /// and `L − 1` more early in the next gets up to `2L − 1` in the span of one window;
-    /// an exact log would admit `L`. Counts are per window, so a limit can be any `u32`.
+    /// and nearly `L` more at the end of the next (when the previous count has almost slid
+    /// out) gets up to `2L − 1` within the span of one window; an exact log would admit `L`. Counts are per window, so a limit can be any `u32`.
     SlidingWindow,
 }
 

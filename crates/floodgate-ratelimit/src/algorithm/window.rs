@@ -53,6 +53,9 @@ impl Window {
     pub(crate) fn decide(&mut self, params: &WindowParams, now: u64, cost: u32) -> Decision {
         let WindowParams { limit, window } = *params;
         self.roll(window, now);
+        // A request that read the clock just before another started this window can be a
+        // nanosecond behind it: count it as at the start.
+        let now = now.max(self.start);
         let elapsed = now - self.start;
         // Everything is scaled by `window` to stay in whole numbers:
         // previous·(window − elapsed) + (current + cost)·window ≤ limit·window.
@@ -86,13 +89,13 @@ impl Window {
         } else {
             now
         };
-        end - now
+        end.saturating_sub(now)
     }
 
     /// Nanoseconds until a request of `cost` would fit, if nothing else is admitted before.
     fn wait_for(&self, params: &WindowParams, now: u64, cost: u32) -> u64 {
         let WindowParams { limit, window } = *params;
-        let elapsed = now - self.start;
+        let elapsed = now.saturating_sub(self.start);
         // The earliest offset into a window whose previous count is `previous` at which
         // previous·(window − offset)/window ≤ room.
         let offset_for = |previous: u32, room: u32| -> u64 {

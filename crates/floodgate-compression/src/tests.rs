@@ -1,0 +1,493 @@
+//! The layer end to end.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{
+    ACCEPT_ENCODING, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
+    ETAG, VARY,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full, StreamBody};
+use tokio::sync::mpsc;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::CompressionLayer;
+
+fn json(bytes: usize) -> Bytes {
+    let mut text = String::from("[");
+    let mut i = 0;
+    while text.len() < bytes {
+        let _ = write!(
+            text,
+            "{{\"id\":{i},\"name\":\"item {i}\",\"price\":{}.5}},",
+            i % 97
+        );
+        i += 1;
+    }
+    text.truncate(bytes);
+    Bytes::from(text)
+}
+
+fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::MultiGzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("valid gzip");
+    out
+}
+
+/// Sends `request` to a service answering `response()` through the default layer.
+async fn through(
+    layer: CompressionLayer,
+    request: Request<()>,
+    response: impl Fn() -> Response<Full<Bytes>> + Clone + Send + 'static,
+) -> (http::response::Parts, Bytes) {
+    let service = layer.layer(tower::service_fn(move |_: Request<()>| {
+        let response = response.clone();
+        async move { Ok::<_, Infallible>(response()) }
+    }));
+    let (parts, body) = service
+        .oneshot(request)
+        .await
+        .expect("infallible")
+        .into_parts();
+    (
+        parts,
+        body.collect().await.expect("the body completes").to_bytes(),
+    )
+}
+
+fn get(accept: Option<&str>) -> Request<()> {
+    let mut request = Request::get("/items");
+    if let Some(accept) = accept {
+        request = request.header(ACCEPT_ENCODING, accept);
+    }
+    request.body(()).expect("valid request")
+}
+
+fn ok(body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+#[tokio::test]
+async fn one_shot_bodies_round_trip_with_an_exact_length() {
+    for size in [256, 1024, 16 * 1024, 256 * 1024] {
+        let original = json(size);
+        let body = original.clone();
+        let (parts, compressed) = through(CompressionLayer::new(), get(Some("gzip")), move || {
+            let mut response = ok(body.clone());
+            response
+                .headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(size));
+            response
+        })
+        .await;
+        assert_eq!(parts.headers[CONTENT_ENCODING], "gzip");
+        assert_eq!(
+            parts.headers[CONTENT_LENGTH],
+            compressed.len().to_string().as_str()
+        );
+        assert_eq!(gunzip(&compressed), original, "{size} bytes");
+    }
+}
+
+/// A body of unknown size, sent in chunks.
+fn chunked(chunks: Vec<Bytes>) -> StreamBody<futures_stream::Iter> {
+    StreamBody::new(futures_stream::Iter(
+        chunks
+            .into_iter()
+            .map(|chunk| Ok(Frame::data(chunk)))
+            .collect(),
+    ))
+}
+
+mod futures_stream {
+    use super::*;
+    /// A ready stream of frames.
+    pub(super) struct Iter(pub(super) std::collections::VecDeque<Result<Frame<Bytes>, Infallible>>);
+    impl futures_core::Stream for Iter {
+        type Item = Result<Frame<Bytes>, Infallible>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Poll::Ready(self.0.pop_front())
+        }
+    }
+}
+
+#[tokio::test]
+async fn streamed_bodies_round_trip_without_a_length() {
+    let original = json(600 * 1024);
+    let chunks: Vec<Bytes> = original.chunks(7_000).map(Bytes::copy_from_slice).collect();
+    let service = CompressionLayer::new().layer(tower::service_fn(move |_: Request<()>| {
+        let chunks = chunks.clone();
+        async move { Ok::<_, Infallible>(Response::new(chunked(chunks))) }
+    }));
+    let (parts, body) = service
+        .oneshot(get(Some("gzip")))
+        .await
+        .expect("infallible")
+        .into_parts();
+    assert_eq!(parts.headers[CONTENT_ENCODING], "gzip");
+    assert!(!parts.headers.contains_key(CONTENT_LENGTH));
+    let compressed = body.collect().await.expect("the body completes").to_bytes();
+    assert_eq!(gunzip(&compressed), original);
+}
+
+#[tokio::test]
+async fn headers_of_a_compressed_response() {
+    let body = json(4096);
+    let (parts, _) = through(CompressionLayer::new(), get(Some("gzip")), move || {
+        let mut response = ok(body.clone());
+        let headers = response.headers_mut();
+        headers.insert(VARY, HeaderValue::from_static("origin"));
+        headers.insert(ETAG, HeaderValue::from_static("\"v1\""));
+        headers.insert(
+            http::header::ACCEPT_RANGES,
+            HeaderValue::from_static("bytes"),
+        );
+        response
+    })
+    .await;
+    let vary: Vec<_> = parts
+        .headers
+        .get_all(VARY)
+        .iter()
+        .map(|v| v.to_str().expect("ascii").to_owned())
+        .collect();
+    assert_eq!(vary, ["origin", "accept-encoding"]);
+    assert_eq!(parts.headers[ETAG], "W/\"v1\"");
+    assert!(!parts.headers.contains_key(http::header::ACCEPT_RANGES));
+}
+
+#[tokio::test]
+async fn vary_is_not_repeated_and_star_covers_it() {
+    for existing in ["Accept-Encoding", "origin, accept-encoding", "*"] {
+        let body = json(4096);
+        let (parts, _) = through(CompressionLayer::new(), get(Some("gzip")), move || {
+            let mut response = ok(body.clone());
+            response
+                .headers_mut()
+                .insert(VARY, HeaderValue::from_static(existing));
+            response
+        })
+        .await;
+        assert_eq!(parts.headers.get_all(VARY).iter().count(), 1, "{existing}");
+    }
+}
+
+#[tokio::test]
+async fn an_eligible_response_the_client_did_not_want_compressed_still_varies() {
+    for accept in [None, Some("identity"), Some("br"), Some("gzip;q=0")] {
+        let original = json(4096);
+        let body = original.clone();
+        let (parts, sent) = through(CompressionLayer::new(), get(accept), move || {
+            ok(body.clone())
+        })
+        .await;
+        assert!(!parts.headers.contains_key(CONTENT_ENCODING), "{accept:?}");
+        assert_eq!(parts.headers[VARY], "accept-encoding", "{accept:?}");
+        assert_eq!(sent, original);
+    }
+}
+
+/// Each rule that leaves a response alone, as (what, request, response), and whether the
+/// response should still say `Vary: Accept-Encoding`.
+#[tokio::test]
+#[allow(clippy::too_many_lines, reason = "a table of cases, one per row")]
+async fn skip_rules() {
+    type Case = (&'static str, Method, fn(&mut Response<Full<Bytes>>), bool);
+    let cases: Vec<Case> = vec![
+        (
+            "already encoded",
+            Method::GET,
+            |r| {
+                r.headers_mut()
+                    .insert(CONTENT_ENCODING, HeaderValue::from_static("br"));
+            },
+            false,
+        ),
+        (
+            "204",
+            Method::GET,
+            |r| *r.status_mut() = StatusCode::NO_CONTENT,
+            false,
+        ),
+        (
+            "304",
+            Method::GET,
+            |r| *r.status_mut() = StatusCode::NOT_MODIFIED,
+            false,
+        ),
+        (
+            "206",
+            Method::GET,
+            |r| *r.status_mut() = StatusCode::PARTIAL_CONTENT,
+            false,
+        ),
+        (
+            "content-range",
+            Method::GET,
+            |r| {
+                r.headers_mut()
+                    .insert(CONTENT_RANGE, HeaderValue::from_static("bytes 0-9/100"));
+            },
+            false,
+        ),
+        ("HEAD", Method::HEAD, |_| {}, false),
+        (
+            "no-transform",
+            Method::GET,
+            |r| {
+                r.headers_mut().insert(
+                    CACHE_CONTROL,
+                    HeaderValue::from_static("public, No-Transform"),
+                );
+            },
+            false,
+        ),
+        (
+            "png",
+            Method::GET,
+            |r| {
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("image/png"));
+            },
+            false,
+        ),
+        (
+            "video",
+            Method::GET,
+            |r| {
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("video/mp4"));
+            },
+            false,
+        ),
+        (
+            "zip",
+            Method::GET,
+            |r| {
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("application/zip"));
+            },
+            false,
+        ),
+        (
+            "grpc",
+            Method::GET,
+            |r| {
+                r.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc+proto"),
+                );
+            },
+            false,
+        ),
+        (
+            "event stream without flushing",
+            Method::GET,
+            |r| {
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            },
+            false,
+        ),
+    ];
+    for (what, method, change, _) in cases {
+        let original = json(4096);
+        let body = original.clone();
+        let request = Request::builder()
+            .method(method)
+            .uri("/")
+            .header(ACCEPT_ENCODING, "gzip")
+            .body(())
+            .expect("valid");
+        let (parts, sent) = through(CompressionLayer::new(), request, move || {
+            let mut response = ok(body.clone());
+            change(&mut response);
+            response
+        })
+        .await;
+        let coding = parts
+            .headers
+            .get(CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("?").to_owned());
+        assert_ne!(coding.as_deref(), Some("gzip"), "{what}");
+        assert!(!parts.headers.contains_key(VARY), "{what}");
+        assert_eq!(sent, original, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn small_bodies_stay_uncompressed_and_svg_is_compressed() {
+    let small = json(100);
+    let body = small.clone();
+    let (parts, sent) = through(CompressionLayer::new(), get(Some("gzip")), move || {
+        ok(body.clone())
+    })
+    .await;
+    assert!(!parts.headers.contains_key(CONTENT_ENCODING));
+    assert_eq!(sent, small);
+
+    let svg = Bytes::from("<svg>".to_owned() + &"<rect width=\"1\"/>".repeat(100) + "</svg>");
+    let (parts, _) = through(CompressionLayer::new(), get(Some("gzip")), move || {
+        let mut response = Response::new(Full::new(svg.clone()));
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("image/svg+xml"));
+        response
+    })
+    .await;
+    assert_eq!(parts.headers[CONTENT_ENCODING], "gzip");
+}
+
+#[tokio::test]
+async fn a_predicate_replaces_the_content_rules() {
+    let layer =
+        CompressionLayer::new().predicate(|parts, _| parts.headers.contains_key("x-compress"));
+    let small = json(100);
+    let (parts, sent) = through(layer.clone(), get(Some("gzip")), move || {
+        let mut response = ok(small.clone());
+        response
+            .headers_mut()
+            .insert("x-compress", HeaderValue::from_static("1"));
+        response
+    })
+    .await;
+    assert_eq!(parts.headers[CONTENT_ENCODING], "gzip");
+    assert_eq!(gunzip(&sent), json(100));
+    let large = json(8192);
+    let (parts, _) = through(layer, get(Some("gzip")), move || ok(large.clone())).await;
+    assert!(!parts.headers.contains_key(CONTENT_ENCODING));
+}
+
+#[test]
+fn levels_above_nine_are_refused() {
+    assert!(CompressionLayer::new().level(10).is_err());
+    assert!(CompressionLayer::new().level(0).is_ok());
+}
+
+/// A body that yields each chunk sent on a channel, and is pending in between.
+struct Channel(mpsc::Receiver<Bytes>);
+
+impl Body for Channel {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| Ok(Frame::data(chunk))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[tokio::test]
+async fn an_event_stream_gets_each_event_before_the_next_is_produced() {
+    let (events, channel) = mpsc::channel(1);
+    let channel = std::sync::Mutex::new(Some(channel));
+    let service = CompressionLayer::new()
+        .flush_streams(true)
+        .layer(tower::service_fn(move |_: Request<()>| {
+            let taken = channel
+                .lock()
+                .expect("not poisoned")
+                .take()
+                .expect("one request");
+            async move {
+                let mut response = Response::new(Channel(taken));
+                response
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                Ok::<_, Infallible>(response)
+            }
+        }));
+    let response = service
+        .oneshot(get(Some("gzip")))
+        .await
+        .expect("infallible");
+    assert_eq!(response.headers()[CONTENT_ENCODING], "gzip");
+    let mut body = response.into_body();
+    let mut received = Vec::new();
+    for n in 0..3 {
+        let event = format!("data: event {n}\n\n");
+        events
+            .send(Bytes::from(event.clone()))
+            .await
+            .expect("the body is listening");
+        // The compressed bytes of this event arrive before the next one exists.
+        let frame = body.frame().await.expect("a frame").expect("no error");
+        received.extend_from_slice(&frame.into_data().expect("data"));
+        let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+        std::io::Write::write_all(&mut decoder, &received).expect("decodes");
+        std::io::Write::flush(&mut decoder).expect("decodes");
+        let so_far = String::from_utf8(decoder.get_ref().clone()).expect("text");
+        assert!(so_far.ends_with(&event), "after event {n}: {so_far:?}");
+    }
+    drop(events);
+    while let Some(frame) = body.frame().await {
+        received.extend_from_slice(&frame.expect("no error").into_data().unwrap_or_default());
+    }
+    assert_eq!(
+        String::from_utf8(gunzip(&received)).expect("text"),
+        "data: event 0\n\ndata: event 1\n\ndata: event 2\n\n"
+    );
+}
+
+#[tokio::test]
+async fn trailers_pass_through_a_compressed_stream() {
+    let service =
+        CompressionLayer::new().layer(tower::service_fn(move |_: Request<()>| {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", HeaderValue::from_static("0"));
+            let frames: std::collections::VecDeque<_> =
+                [Frame::data(json(50_000)), Frame::trailers(trailers)]
+                    .into_iter()
+                    .map(Ok)
+                    .collect();
+            async move {
+                Ok::<_, Infallible>(Response::new(StreamBody::new(futures_stream::Iter(frames))))
+            }
+        }));
+    let body = service
+        .oneshot(get(Some("gzip")))
+        .await
+        .expect("infallible")
+        .into_body();
+    let collected = body.collect().await.expect("completes");
+    assert_eq!(
+        collected.trailers().map(|t| t["grpc-status"].clone()),
+        Some(HeaderValue::from_static("0"))
+    );
+    assert_eq!(gunzip(&collected.to_bytes()), json(50_000));
+}
+
+#[tokio::test]
+async fn the_service_is_cloneable_and_ready_forwarding() {
+    let mut service = CompressionLayer::new().layer(tower::service_fn(|_: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    }));
+    let response = service
+        .ready()
+        .await
+        .expect("ready")
+        .call(get(Some("gzip")))
+        .await
+        .expect("infallible");
+    assert!(!response.headers().contains_key(CONTENT_ENCODING));
+}
