@@ -39,6 +39,7 @@ pub(crate) struct Reply {
     pub(crate) status: u16,
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: String,
+    pub(crate) raw_body: Vec<u8>,
 }
 
 impl Reply {
@@ -58,6 +59,18 @@ pub(crate) async fn send(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
+    send_body(address, method, path, headers, &[]).await
+}
+
+/// Sends `method path` with `headers` and `body` on a new connection and reads the whole
+/// response; its body is kept as bytes in `raw_body` and as lossy text in `body`.
+pub(crate) async fn send_body(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut stream = TcpStream::connect(address)
         .await
         .expect("the server accepts");
@@ -65,27 +78,31 @@ pub(crate) async fn send(
     for (name, value) in headers {
         let _ = write!(request, "{name}: {value}\r\n");
     }
-    request.push_str("Content-Length: 0\r\n\r\n");
+    let _ = write!(request, "Content-Length: {}\r\n\r\n", body.len());
     stream
         .write_all(request.as_bytes())
         .await
         .expect("the request is sent");
+    // The server may answer before it has read the whole body (413, 415): keep going.
+    let _ = stream.write_all(body).await;
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
         .await
         .expect("the response arrives");
-    let raw = String::from_utf8(raw).expect("a text response");
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .expect("a response has a head and a body");
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head and a body");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let raw_body = raw[split + 4..].to_vec();
+    let body = String::from_utf8_lossy(&raw_body).into_owned();
     let mut lines = head.lines();
-    let status_line = lines.next().expect("a status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
         .and_then(|code| code.parse().ok())
-        .expect("a status code");
+        .expect("a status line with a code");
     let headers = lines
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
@@ -93,6 +110,7 @@ pub(crate) async fn send(
     Reply {
         status,
         headers,
-        body: body.to_owned(),
+        body,
+        raw_body,
     }
 }

@@ -47,7 +47,7 @@ impl std::error::Error for ConfigError {}
 
 impl CompressionLayer {
     /// The default level, chosen by measurement (see the crate documentation).
-    pub const DEFAULT_LEVEL: u32 = 4;
+    pub const DEFAULT_LEVEL: u32 = 2;
     /// Bodies smaller than this are sent as they are, by default: below it gzip's 18 bytes
     /// of framing eat the saving (see the crate documentation).
     pub const DEFAULT_MIN_BYTES: u64 = 256;

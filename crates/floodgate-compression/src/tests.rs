@@ -491,3 +491,201 @@ async fn the_service_is_cloneable_and_ready_forwarding() {
         .expect("infallible");
     assert!(!response.headers().contains_key(CONTENT_ENCODING));
 }
+
+mod decompression {
+    use super::*;
+    use crate::RequestDecompressionLayer;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        std::io::Write::write_all(&mut encoder, data).expect("in memory");
+        encoder.finish().expect("in memory")
+    }
+
+    /// What the inner service saw: the decoded body, or the body error.
+    async fn upload(
+        coding: Option<&str>,
+        body: Bytes,
+        limit: usize,
+    ) -> (StatusCode, Result<Bytes, BoxError>) {
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let record = Arc::clone(&seen);
+        let service = RequestDecompressionLayer::new()
+            .max_decoded_bytes(limit)
+            .layer(tower::service_fn(
+                move |request: Request<crate::DecompressionBody<Full<Bytes>>>| {
+                    let record = Arc::clone(&record);
+                    async move {
+                        let coding = request.headers().get(CONTENT_ENCODING);
+                        assert!(
+                            coding.is_none_or(|coding| coding == "identity"),
+                            "{coding:?}"
+                        );
+                        let collected = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(http_body_util::Collected::to_bytes);
+                        *record.lock().expect("not poisoned") = Some(collected);
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                },
+            ));
+        let mut request = Request::post("/items")
+            .body(Full::new(body))
+            .expect("valid");
+        if let Some(coding) = coding {
+            request.headers_mut().insert(
+                CONTENT_ENCODING,
+                HeaderValue::from_str(coding).expect("valid"),
+            );
+        }
+        let response = service.oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let seen = seen.lock().expect("not poisoned").take();
+        (
+            status,
+            seen.unwrap_or_else(|| Err("the inner service was not called".into())),
+        )
+    }
+
+    use crate::BoxError;
+
+    #[tokio::test]
+    async fn gzip_bodies_are_decoded_in_any_spelling() {
+        let original = json(100_000);
+        for coding in ["gzip", "GZIP", "x-gzip", " gzip "] {
+            let (status, seen) = upload(Some(coding), Bytes::from(gzip(&original)), 1 << 20).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(seen.expect("decoded"), original, "{coding}");
+        }
+        let (_, seen) = upload(None, original.clone(), 10).await;
+        assert_eq!(seen.expect("passed through"), original);
+        let (_, seen) = upload(Some("identity"), original.clone(), 10).await;
+        assert_eq!(seen.expect("passed through"), original);
+    }
+
+    #[tokio::test]
+    async fn other_codings_get_415_with_accept_encoding() {
+        for coding in ["br", "deflate", "gzip, br", "compress"] {
+            let service = RequestDecompressionLayer::new().layer(tower::service_fn(
+                |_: Request<crate::DecompressionBody<Full<Bytes>>>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                },
+            ));
+            let mut request = Request::post("/")
+                .body(Full::new(Bytes::from_static(b"x")))
+                .expect("valid");
+            request
+                .headers_mut()
+                .insert(CONTENT_ENCODING, HeaderValue::from_static(coding));
+            let response = service.oneshot(request).await.expect("infallible");
+            assert_eq!(
+                response.status(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{coding}"
+            );
+            assert_eq!(response.headers()[ACCEPT_ENCODING], "gzip");
+        }
+    }
+
+    /// A body that counts how many bytes the service pulled from it.
+    struct Counted {
+        chunks: std::collections::VecDeque<Bytes>,
+        read: Arc<AtomicUsize>,
+    }
+
+    impl Body for Counted {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let chunk = self.chunks.pop_front();
+            if let Some(chunk) = &chunk {
+                self.read.fetch_add(chunk.len(), Ordering::Relaxed);
+            }
+            Poll::Ready(chunk.map(|chunk| Ok(Frame::data(chunk))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gigabyte_bomb_stops_at_the_limit_having_read_a_sliver() {
+        // 1 024 gzip members of 1 MiB of zeros each: about 1 MiB that decodes to 1 GiB.
+        let member = Bytes::from(gzip(&vec![0_u8; 1 << 20]));
+        let chunks: std::collections::VecDeque<Bytes> = (0..1024).map(|_| member.clone()).collect();
+        let total: usize = chunks.iter().map(Bytes::len).sum();
+        let read = Arc::new(AtomicUsize::new(0));
+        let limit = 10 << 20;
+        let service = RequestDecompressionLayer::new()
+            .max_decoded_bytes(limit)
+            .layer(tower::service_fn(
+                |request: Request<crate::DecompressionBody<Counted>>| async move {
+                    let error = request
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|_| ())
+                        .expect_err("over the limit");
+                    let limit = error
+                        .downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some();
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(if limit {
+                        "limit"
+                    } else {
+                        "other"
+                    }))))
+                },
+            ));
+        let mut request = Request::post("/")
+            .body(Counted {
+                chunks,
+                read: Arc::clone(&read),
+            })
+            .expect("valid");
+        request
+            .headers_mut()
+            .insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        let response = service.oneshot(request).await.expect("infallible");
+        let verdict = response
+            .into_body()
+            .collect()
+            .await
+            .expect("infallible")
+            .to_bytes();
+        assert_eq!(
+            verdict, "limit",
+            "the error is a LengthLimitError, which axum answers with 413"
+        );
+        // Decoding stopped at 10 MiB of 1 GiB: about 11 of the 1 024 members were read.
+        let read = read.load(Ordering::Relaxed);
+        assert!(read * 50 < total, "read {read} of {total} compressed bytes");
+    }
+
+    #[tokio::test]
+    async fn corrupt_and_truncated_bodies_fail_with_an_io_error() {
+        let good = gzip(&json(10_000));
+        let truncated = Bytes::copy_from_slice(&good[..good.len() / 2]);
+        let mut flipped = good.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 0xff;
+        for body in [
+            truncated,
+            Bytes::from(flipped),
+            Bytes::from_static(b"not gzip at all"),
+        ] {
+            let (status, seen) = upload(Some("gzip"), body, 1 << 20).await;
+            assert_eq!(status, StatusCode::OK);
+            let error = seen.expect_err("undecodable");
+            assert!(
+                error
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_none()
+            );
+        }
+    }
+}

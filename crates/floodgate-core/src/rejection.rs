@@ -51,6 +51,8 @@ pub enum Reason {
     /// The request costs more than a rate limit ever admits at once (400): it can never
     /// succeed as sent, so retrying is pointless.
     CostExceedsQuota,
+    /// The request body's `Content-Encoding` is not one the server decodes (415).
+    UnsupportedEncoding,
 }
 
 impl Reason {
@@ -60,6 +62,7 @@ impl Reason {
             Reason::KeyUnavailable | Reason::CostExceedsQuota => StatusCode::BAD_REQUEST,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         }
     }
 
@@ -70,6 +73,7 @@ impl Reason {
             Reason::RateLimited => "rate_limited",
             Reason::Overloaded => "overloaded",
             Reason::CostExceedsQuota => "cost_exceeds_quota",
+            Reason::UnsupportedEncoding => "unsupported_encoding",
         }
     }
 }

@@ -1,0 +1,374 @@
+//! [`RequestDecompressionLayer`]: gzip request bodies decoded as they stream, with a hard cap
+//! on decoded bytes.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use async_compression::tokio::bufread::GzipDecoder;
+use bytes::{Bytes, BytesMut};
+use floodgate_core::body::ResponseBody;
+use floodgate_core::rejection::{ProblemJson, Reason, Rejection};
+use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH};
+use http::{HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Limited;
+use pin_project_lite::pin_project;
+use tokio_util::io::StreamReader;
+use tower::Layer;
+use tower_service::Service;
+
+use crate::body::BoxError;
+
+/// How much decoded data one frame of a decoded body carries at most.
+const CHUNK: usize = 32 * 1024;
+
+/// Decodes gzip request bodies (`Content-Encoding: gzip` or `x-gzip`) as they stream, and
+/// stops at a limit on decoded bytes.
+///
+/// A small upload can inflate about a thousandfold, so a 1 MiB body can decode to 1 GiB.
+/// Past [`max_decoded_bytes`](Self::max_decoded_bytes), 10 MiB by default, the body fails
+/// with [`http_body_util::LengthLimitError`], which axum answers with 413. No more than the
+/// limit plus one 32 KiB chunk is ever decoded. Corrupt or truncated data fails with an I/O
+/// error, which axum answers with 400. A request in any other coding is refused here with
+/// 415 and `Accept-Encoding: gzip`. Bodies without a coding pass untouched, with no limit:
+/// bound those with `RequestBodyLimit` or axum's `DefaultBodyLimit`.
+///
+/// ```
+/// use floodgate_compression::RequestDecompressionLayer;
+///
+/// let layer = RequestDecompressionLayer::new().max_decoded_bytes(1024 * 1024);
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[must_use]
+pub struct RequestDecompressionLayer {
+    max_decoded_bytes: usize,
+}
+
+impl RequestDecompressionLayer {
+    /// The default cap on decoded bytes: 10 MiB.
+    pub const DEFAULT_MAX_DECODED_BYTES: usize = 10 * 1024 * 1024;
+
+    /// Decodes gzip with the default cap.
+    pub fn new() -> Self {
+        Self {
+            max_decoded_bytes: Self::DEFAULT_MAX_DECODED_BYTES,
+        }
+    }
+
+    /// Fails a decoded body past `bytes`.
+    pub fn max_decoded_bytes(mut self, bytes: usize) -> Self {
+        self.max_decoded_bytes = bytes;
+        self
+    }
+}
+
+impl Default for RequestDecompressionLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for RequestDecompressionLayer {
+    type Service = RequestDecompression<S>;
+
+    fn layer(&self, inner: S) -> RequestDecompression<S> {
+        RequestDecompression {
+            inner,
+            max_decoded_bytes: self.max_decoded_bytes,
+        }
+    }
+}
+
+/// The service [`RequestDecompressionLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct RequestDecompression<S> {
+    inner: S,
+    max_decoded_bytes: usize,
+}
+
+/// The coding of a request body.
+enum Coding {
+    Identity,
+    Gzip,
+    Unsupported,
+}
+
+fn coding<B>(request: &Request<B>) -> Coding {
+    let mut values = request.headers().get_all(CONTENT_ENCODING).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return if request.headers().contains_key(CONTENT_ENCODING) {
+            Coding::Unsupported
+        } else {
+            Coding::Identity
+        };
+    };
+    match floodgate_core::encoding::Encoding::from_token(floodgate_core::header::trim(
+        value.as_bytes(),
+    )) {
+        Some(floodgate_core::encoding::Encoding::Identity) => Coding::Identity,
+        Some(floodgate_core::encoding::Encoding::Gzip) => Coding::Gzip,
+        _ => Coding::Unsupported,
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestDecompression<S>
+where
+    S: Service<Request<DecompressionBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    ReqBody::Data: Into<Bytes>,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body,
+    ResBody::Data: From<Bytes>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = DecompressionFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        match coding(&request) {
+            Coding::Identity => DecompressionFuture::called(
+                self.inner.call(request.map(DecompressionBody::identity)),
+            ),
+            Coding::Gzip => {
+                let (mut parts, body) = request.into_parts();
+                // The headers now describe the decoded body, whose length is unknown.
+                parts.headers.remove(CONTENT_ENCODING);
+                parts.headers.remove(CONTENT_LENGTH);
+                let body = DecompressionBody::gzip(body, self.max_decoded_bytes);
+                DecompressionFuture::called(self.inner.call(Request::from_parts(parts, body)))
+            }
+            Coding::Unsupported => {
+                let rejection = Rejection::new(
+                    Reason::UnsupportedEncoding,
+                    "the request body's Content-Encoding is not supported; send gzip or no coding",
+                )
+                .with_header(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+                DecompressionFuture::rejected(rejection.into_response(&ProblemJson))
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`RequestDecompression`].
+    pub struct DecompressionFuture<F> {
+        #[pin]
+        future: Option<F>,
+        rejected: Option<Response<Bytes>>,
+    }
+}
+
+impl<F> DecompressionFuture<F> {
+    fn called(future: F) -> Self {
+        Self {
+            future: Some(future),
+            rejected: None,
+        }
+    }
+
+    fn rejected(response: Response<Bytes>) -> Self {
+        Self {
+            future: None,
+            rejected: Some(response),
+        }
+    }
+}
+
+impl<F, B, E> std::future::Future for DecompressionFuture<F>
+where
+    F: std::future::Future<Output = Result<Response<B>, E>>,
+    B: Body,
+    B::Data: From<Bytes>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(future) = this.future.as_pin_mut() {
+            return future
+                .poll(cx)
+                .map_ok(|response| response.map(ResponseBody::inner));
+        }
+        let response = this
+            .rejected
+            .take()
+            .expect("a DecompressionFuture is not polled after it completed");
+        Poll::Ready(Ok(response.map(ResponseBody::full)))
+    }
+}
+
+impl<F> fmt::Debug for DecompressionFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DecompressionFuture")
+            .field("rejected", &self.rejected.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// A request body as the inner service sees it: as sent, or decoded and capped.
+    pub struct DecompressionBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProjection]
+    enum Kind<B> {
+        Identity { #[pin] body: B },
+        Gzip { #[pin] body: Limited<Decoded<B>> },
+    }
+}
+
+impl<B> DecompressionBody<B>
+where
+    B: Body,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    fn identity(body: B) -> Self {
+        Self {
+            kind: Kind::Identity { body },
+        }
+    }
+
+    fn gzip(body: B, max_decoded_bytes: usize) -> Self {
+        let mut decoder = GzipDecoder::new(StreamReader::new(DataStream { body }));
+        // Concatenated members are one valid gzip file (RFC 1952 §2.2).
+        decoder.multiple_members(true);
+        let output = Decoded {
+            decoder,
+            buffer: BytesMut::new(),
+        };
+        Self {
+            kind: Kind::Gzip {
+                body: Limited::new(output, max_decoded_bytes),
+            },
+        }
+    }
+}
+
+impl<B> Body for DecompressionBody<B>
+where
+    B: Body,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().kind.project() {
+            KindProjection::Identity { body } => body.poll_frame(cx).map(|frame| {
+                frame.map(|frame| {
+                    frame
+                        .map(|frame| frame.map_data(Into::into))
+                        .map_err(Into::into)
+                })
+            }),
+            KindProjection::Gzip { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Identity { body } => body.is_end_stream(),
+            Kind::Gzip { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Identity { body } => body.size_hint(),
+            Kind::Gzip { .. } => SizeHint::default(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for DecompressionBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Identity { .. } => "identity",
+            Kind::Gzip { .. } => "gzip",
+        };
+        f.debug_struct("DecompressionBody")
+            .field("kind", &kind)
+            .finish()
+    }
+}
+
+pin_project! {
+    /// A body's data frames as a stream of byte chunks, for the decoder's reader.
+    struct DataStream<B> {
+        #[pin]
+        body: B,
+    }
+}
+
+impl<B> futures_core::Stream for DataStream<B>
+where
+    B: Body,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        let mut body = self.project().body;
+        loop {
+            return Poll::Ready(match ready!(body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => Some(Ok(data.into())),
+                    // Trailers of the encoded body say nothing about the decoded one.
+                    Err(_) => continue,
+                },
+                Some(Err(error)) => Some(Err(io::Error::other(error.into()))),
+                None => None,
+            });
+        }
+    }
+}
+
+pin_project! {
+    /// The decoded data, at most one chunk at a time.
+    struct Decoded<B> {
+        #[pin]
+        decoder: GzipDecoder<StreamReader<DataStream<B>, Bytes>>,
+        buffer: BytesMut,
+    }
+}
+
+impl<B> Body for Decoded<B>
+where
+    B: Body,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.project();
+        this.buffer.reserve(CHUNK);
+        let read = ready!(tokio_util::io::poll_read_buf(this.decoder, cx, this.buffer))?;
+        if read == 0 {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(Some(Ok(Frame::data(this.buffer.split().freeze()))))
+    }
+}
