@@ -55,8 +55,8 @@ async fn responses_are_gzipped_when_asked_and_plain_when_refused() {
 
     for refused in [
         vec![],
-        vec![("accept-encoding", "gzip;q=0")],
-        vec![("accept-encoding", "br")],
+        vec![("accept-encoding", "identity")],
+        vec![("accept-encoding", "compress")],
     ] {
         let plain = support::send(address, "GET", "/items", &refused).await;
         assert_eq!(plain.header("content-encoding"), None, "{refused:?}");
@@ -99,18 +99,22 @@ async fn gzip_uploads_are_decoded_and_bombs_and_garbage_refused() {
     .await;
     assert_eq!(garbage.status, 400, "{}", garbage.body);
 
-    let brotli = support::send_body(
+    let unknown = support::send_body(
         address,
         "POST",
         "/upload",
-        &[("content-encoding", "br")],
+        &[("content-encoding", "compress")],
         b"x",
     )
     .await;
-    assert_eq!(brotli.status, 415);
-    assert_eq!(brotli.header("accept-encoding"), Some("gzip"));
+    assert_eq!(unknown.status, 415);
+    assert!(
+        unknown
+            .header("accept-encoding")
+            .is_some_and(|codings| codings.starts_with("gzip"))
+    );
     assert_eq!(
-        brotli.header("content-type"),
+        unknown.header("content-type"),
         Some("application/problem+json")
     );
 }

@@ -4,13 +4,12 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use async_compression::Level;
-use async_compression::tokio::write::GzipEncoder;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::io::AsyncWrite;
+
+use crate::codec::Encoder;
 
 /// The error type of [`CompressionBody`]: the inner body's error, or the compressor's.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -28,7 +27,7 @@ pin_project! {
     enum Kind<B> {
         Identity { #[pin] body: B },
         Whole { data: Option<Bytes>, trailers: Option<HeaderMap>, error: Option<BoxError> },
-        Gzip { #[pin] body: B, encoder: Box<GzipEncoder<Vec<u8>>>, flush: bool, stage: Stage },
+        Stream { #[pin] body: B, encoder: Box<Encoder>, flush: bool, stage: Stage },
     }
 }
 
@@ -48,9 +47,10 @@ impl<B> CompressionBody<B> {
     }
 
     pub(crate) fn whole(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        let data = Some(data).filter(|data| !data.is_empty());
         Self {
             kind: Kind::Whole {
-                data: Some(data).filter(|data| !data.is_empty()),
+                data,
                 trailers,
                 error: None,
             },
@@ -68,13 +68,12 @@ impl<B> CompressionBody<B> {
         }
     }
 
-    /// Compresses `body` as it streams, at `level`; with `flush`, every chunk is flushed
+    /// Compresses `body` with `encoder` as it streams; with `flush`, every chunk is flushed
     /// (a sync flush), so an event stream's events reach the client when they are produced.
-    pub(crate) fn gzip(body: B, level: u32, flush: bool) -> Self {
-        let level = Level::Precise(i32::try_from(level).unwrap_or(6));
-        let encoder = Box::new(GzipEncoder::with_quality(Vec::new(), level));
+    pub(crate) fn stream(body: B, encoder: Encoder, flush: bool) -> Self {
+        let encoder = Box::new(encoder);
         Self {
-            kind: Kind::Gzip {
+            kind: Kind::Stream {
                 body,
                 encoder,
                 flush,
@@ -82,45 +81,6 @@ impl<B> CompressionBody<B> {
             },
         }
     }
-}
-
-/// Writes all of `data` into the encoder. Its sink is a `Vec`, which never waits, so the
-/// encoder never returns `Pending`; if it did, that would be a bug, reported as an error.
-fn write_all(
-    encoder: &mut GzipEncoder<Vec<u8>>,
-    cx: &mut Context<'_>,
-    mut data: &[u8],
-) -> std::io::Result<()> {
-    while !data.is_empty() {
-        match Pin::new(&mut *encoder).poll_write(cx, data) {
-            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Poll::Ready(Ok(written)) => data = &data[written..],
-            Poll::Ready(Err(error)) => return Err(error),
-            Poll::Pending => return Err(stalled()),
-        }
-    }
-    Ok(())
-}
-
-fn finish(
-    encoder: &mut GzipEncoder<Vec<u8>>,
-    cx: &mut Context<'_>,
-    shutdown: bool,
-) -> std::io::Result<Bytes> {
-    let polled = if shutdown {
-        Pin::new(&mut *encoder).poll_shutdown(cx)
-    } else {
-        Pin::new(&mut *encoder).poll_flush(cx)
-    };
-    match polled {
-        Poll::Ready(result) => result?,
-        Poll::Pending => return Err(stalled()),
-    }
-    Ok(Bytes::from(std::mem::take(encoder.get_mut())))
-}
-
-fn stalled() -> std::io::Error {
-    std::io::Error::other("the gzip encoder waited on an in-memory buffer")
 }
 
 impl<B> Body for CompressionBody<B>
@@ -161,7 +121,7 @@ where
                         .map(|trailers| Ok(Frame::trailers(trailers))),
                 )
             }
-            KindProjection::Gzip {
+            KindProjection::Stream {
                 mut body,
                 encoder,
                 flush,
@@ -176,30 +136,28 @@ where
                     }
                     Stage::Reading => {}
                 }
-                let out = match ready!(body.as_mut().poll_frame(cx)) {
+                match ready!(body.as_mut().poll_frame(cx)) {
                     Some(Ok(frame)) => match frame.into_data() {
                         Ok(data) => {
-                            let data: Bytes = data.into();
-                            write_all(encoder, cx, &data)?;
+                            encoder.write_all(cx, &data.into())?;
                             if *flush {
-                                finish(encoder, cx, false)?
-                            } else {
-                                Bytes::from(std::mem::take(encoder.get_mut()))
+                                encoder.flush(cx, false)?;
                             }
                         }
                         Err(frame) => {
                             *stage = Stage::Trailers(frame.into_trailers().ok());
-                            finish(encoder, cx, true)?
+                            encoder.flush(cx, true)?;
                         }
                     },
                     Some(Err(error)) => return Poll::Ready(Some(Err(error.into()))),
                     None => {
                         *stage = Stage::Trailers(None);
-                        finish(encoder, cx, true)?
+                        encoder.flush(cx, true)?;
                     }
-                };
+                }
+                let out = encoder.take_output();
                 if !out.is_empty() {
-                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                 }
             },
         }
@@ -213,7 +171,7 @@ where
                 trailers,
                 error,
             } => data.is_none() && trailers.is_none() && error.is_none(),
-            Kind::Gzip { stage, .. } => matches!(stage, Stage::Done),
+            Kind::Stream { stage, .. } => matches!(stage, Stage::Done),
         }
     }
 
@@ -223,7 +181,7 @@ where
             Kind::Whole { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |data| data.len() as u64))
             }
-            Kind::Gzip { .. } => SizeHint::default(),
+            Kind::Stream { .. } => SizeHint::default(),
         }
     }
 }
@@ -233,7 +191,7 @@ impl<B> fmt::Debug for CompressionBody<B> {
         let kind = match &self.kind {
             Kind::Identity { .. } => "identity",
             Kind::Whole { .. } => "whole",
-            Kind::Gzip { .. } => "gzip",
+            Kind::Stream { .. } => "stream",
         };
         f.debug_struct("CompressionBody")
             .field("kind", &kind)

@@ -6,7 +6,6 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use async_compression::tokio::bufread::GzipDecoder;
 use bytes::{Bytes, BytesMut};
 use floodgate_core::body::ResponseBody;
 use floodgate_core::rejection::{ProblemJson, Reason, Rejection};
@@ -20,19 +19,21 @@ use tower::Layer;
 use tower_service::Service;
 
 use crate::body::BoxError;
+use crate::codec::{self, SUPPORTED, supported_list};
+use floodgate_core::encoding::Encoding;
 
 /// How much decoded data one frame of a decoded body carries at most.
 const CHUNK: usize = 32 * 1024;
 
-/// Decodes gzip request bodies (`Content-Encoding: gzip` or `x-gzip`) as they stream, and
-/// stops at a limit on decoded bytes.
+/// Decodes request bodies in gzip (`Content-Encoding: gzip` or `x-gzip`), and with their
+/// features deflate, br and zstd, as they stream, and stops at a limit on decoded bytes.
 ///
 /// A small upload can inflate about a thousandfold, so a 1 MiB body can decode to 1 GiB.
 /// Past [`max_decoded_bytes`](Self::max_decoded_bytes), 10 MiB by default, the body fails
 /// with [`http_body_util::LengthLimitError`], which axum answers with 413. No more than the
 /// limit plus one 32 KiB chunk is ever decoded. Corrupt or truncated data fails with an I/O
-/// error, which axum answers with 400. A request in any other coding is refused here with
-/// 415 and `Accept-Encoding: gzip`. Bodies without a coding pass untouched, with no limit:
+/// error, which axum answers with 400. A request in any other coding, or in several, is
+/// refused here with 415 and an `Accept-Encoding` listing the codings this build decodes. Bodies without a coding pass untouched, with no limit:
 /// bound those with `RequestBodyLimit` or axum's `DefaultBodyLimit`.
 ///
 /// ```
@@ -89,35 +90,35 @@ pub struct RequestDecompression<S> {
     max_decoded_bytes: usize,
 }
 
-/// The coding of a request body.
-enum Coding {
+/// What a request body's `Content-Encoding` asks of the layer.
+enum RequestCoding {
+    /// No coding, or `identity`: pass the body on.
     Identity,
-    Gzip,
+    /// A coding this build decodes.
+    Decode(Encoding),
+    /// A coding this build does not decode, or several.
     Unsupported,
 }
 
-fn coding<B>(request: &Request<B>) -> Coding {
+fn coding<B>(request: &Request<B>) -> RequestCoding {
     let mut values = request.headers().get_all(CONTENT_ENCODING).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return if request.headers().contains_key(CONTENT_ENCODING) {
-            Coding::Unsupported
-        } else {
-            Coding::Identity
-        };
+    let Some(value) = values.next() else {
+        return RequestCoding::Identity;
     };
-    match floodgate_core::encoding::Encoding::from_token(floodgate_core::header::trim(
-        value.as_bytes(),
-    )) {
-        Some(floodgate_core::encoding::Encoding::Identity) => Coding::Identity,
-        Some(floodgate_core::encoding::Encoding::Gzip) => Coding::Gzip,
-        _ => Coding::Unsupported,
+    if values.next().is_some() {
+        return RequestCoding::Unsupported;
+    }
+    match Encoding::from_token(floodgate_core::header::trim(value.as_bytes())) {
+        Some(Encoding::Identity) => RequestCoding::Identity,
+        Some(encoding) if SUPPORTED.contains(&encoding) => RequestCoding::Decode(encoding),
+        _ => RequestCoding::Unsupported,
     }
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestDecompression<S>
 where
     S: Service<Request<DecompressionBody<ReqBody>>, Response = Response<ResBody>>,
-    ReqBody: Body,
+    ReqBody: Body + Send + 'static,
     ReqBody::Data: Into<Bytes>,
     ReqBody::Error: Into<BoxError>,
     ResBody: Body,
@@ -134,23 +135,24 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         match coding(&request) {
-            Coding::Identity => DecompressionFuture::called(
+            RequestCoding::Identity => DecompressionFuture::called(
                 self.inner.call(request.map(DecompressionBody::identity)),
             ),
-            Coding::Gzip => {
+            RequestCoding::Decode(encoding) => {
                 let (mut parts, body) = request.into_parts();
                 // The headers now describe the decoded body, whose length is unknown.
                 parts.headers.remove(CONTENT_ENCODING);
                 parts.headers.remove(CONTENT_LENGTH);
-                let body = DecompressionBody::gzip(body, self.max_decoded_bytes);
+                let body = DecompressionBody::decoded(encoding, body, self.max_decoded_bytes);
                 DecompressionFuture::called(self.inner.call(Request::from_parts(parts, body)))
             }
-            Coding::Unsupported => {
+            RequestCoding::Unsupported => {
+                let supported = supported_list();
                 let rejection = Rejection::new(
                     Reason::UnsupportedEncoding,
-                    "the request body's Content-Encoding is not supported; send gzip or no coding",
+                    format!("the request body's Content-Encoding is not supported; send one of {supported}, or none"),
                 )
-                .with_header(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+                .with_header(ACCEPT_ENCODING, HeaderValue::try_from(supported).unwrap_or(HeaderValue::from_static("gzip")));
                 DecompressionFuture::rejected(rejection.into_response(&ProblemJson))
             }
         }
@@ -225,7 +227,7 @@ pin_project! {
     #[project = KindProjection]
     enum Kind<B> {
         Identity { #[pin] body: B },
-        Gzip { #[pin] body: Limited<Decoded<B>> },
+        Decoded { #[pin] body: Limited<Decoded> },
     }
 }
 
@@ -241,16 +243,19 @@ where
         }
     }
 
-    fn gzip(body: B, max_decoded_bytes: usize) -> Self {
-        let mut decoder = GzipDecoder::new(StreamReader::new(DataStream { body }));
-        // Concatenated members are one valid gzip file (RFC 1952 §2.2).
-        decoder.multiple_members(true);
+    /// `body` decoded from `encoding`, one of the supported codings.
+    fn decoded(encoding: Encoding, body: B, max_decoded_bytes: usize) -> Self
+    where
+        B: Send + 'static,
+    {
+        let reader = StreamReader::new(DataStream { body });
+        let decoder = codec::decoder(encoding, reader).expect("only supported codings are decoded");
         let output = Decoded {
             decoder,
             buffer: BytesMut::new(),
         };
         Self {
-            kind: Kind::Gzip {
+            kind: Kind::Decoded {
                 body: Limited::new(output, max_decoded_bytes),
             },
         }
@@ -278,21 +283,21 @@ where
                         .map_err(Into::into)
                 })
             }),
-            KindProjection::Gzip { body } => body.poll_frame(cx),
+            KindProjection::Decoded { body } => body.poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Identity { body } => body.is_end_stream(),
-            Kind::Gzip { body } => body.is_end_stream(),
+            Kind::Decoded { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Identity { body } => body.size_hint(),
-            Kind::Gzip { .. } => SizeHint::default(),
+            Kind::Decoded { .. } => SizeHint::default(),
         }
     }
 }
@@ -301,7 +306,7 @@ impl<B> fmt::Debug for DecompressionBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::Identity { .. } => "identity",
-            Kind::Gzip { .. } => "gzip",
+            Kind::Decoded { .. } => "decoded",
         };
         f.debug_struct("DecompressionBody")
             .field("kind", &kind)
@@ -341,31 +346,27 @@ where
     }
 }
 
-pin_project! {
-    /// The decoded data, at most one chunk at a time.
-    struct Decoded<B> {
-        #[pin]
-        decoder: GzipDecoder<StreamReader<DataStream<B>, Bytes>>,
-        buffer: BytesMut,
-    }
+/// The decoded data, at most one chunk at a time.
+struct Decoded {
+    decoder: codec::Decoder,
+    buffer: BytesMut,
 }
 
-impl<B> Body for Decoded<B>
-where
-    B: Body,
-    B::Data: Into<Bytes>,
-    B::Error: Into<BoxError>,
-{
+impl Body for Decoded {
     type Data = Bytes;
     type Error = io::Error;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        let this = self.project();
+        let this = &mut *self;
         this.buffer.reserve(CHUNK);
-        let read = ready!(tokio_util::io::poll_read_buf(this.decoder, cx, this.buffer))?;
+        let read = ready!(tokio_util::io::poll_read_buf(
+            this.decoder.as_mut(),
+            cx,
+            &mut this.buffer
+        ))?;
         if read == 0 {
             return Poll::Ready(None);
         }

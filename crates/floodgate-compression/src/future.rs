@@ -14,6 +14,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use crate::body::{BoxError, CompressionBody};
+use crate::codec::Encoder;
 use crate::gzip;
 use crate::settings::{Eligibility, Settings};
 
@@ -81,15 +82,23 @@ where
                     // The content depends on Accept-Encoding from here on, whatever the
                     // client chose (RFC 9110 §12.5.5).
                     add_vary(&mut parts.headers);
-                    if *this.negotiated != Negotiated::Use(Encoding::Gzip) {
+                    let Negotiated::Use(encoding) = *this.negotiated else {
+                        // Nothing acceptable: identity anyway, as RFC 9110 §12.5.3 prefers.
+                        return Poll::Ready(Ok(Response::from_parts(
+                            parts,
+                            CompressionBody::identity(body),
+                        )));
+                    };
+                    if encoding == Encoding::Identity {
                         return Poll::Ready(Ok(Response::from_parts(
                             parts,
                             CompressionBody::identity(body),
                         )));
                     }
-                    mark_encoded(&mut parts.headers);
-                    if !stream && size.is_some_and(|size| size <= this.settings.one_shot_max_bytes)
-                    {
+                    mark_encoded(&mut parts.headers, encoding);
+                    let one_shot =
+                        size.is_some_and(|size| size <= this.settings.one_shot_max_bytes);
+                    if encoding == Encoding::Gzip && !stream && one_shot {
                         let capacity = usize::try_from(size.unwrap_or(0)).unwrap_or(0);
                         this.state.set(State::Collecting {
                             parts: Some(parts),
@@ -100,7 +109,9 @@ where
                         continue;
                     }
                     parts.headers.remove(CONTENT_LENGTH);
-                    let body = CompressionBody::gzip(body, this.settings.level, stream);
+                    let encoder = Encoder::new(encoding, this.settings.level)
+                        .expect("negotiation picks only codings this build supports");
+                    let body = CompressionBody::stream(body, encoder, stream);
                     return Poll::Ready(Ok(Response::from_parts(parts, body)));
                 }
                 StateProjection::Collecting {
@@ -153,10 +164,13 @@ fn add_vary(headers: &mut HeaderMap) {
     }
 }
 
-/// Headers of a response whose content is now gzip: the coding, no byte ranges of it, and a
+/// Headers of a response whose content is now encoded: the coding, no byte ranges of it, and a
 /// weak validator, because a strong `ETag` names exact bytes (RFC 9110 §8.8.1).
-fn mark_encoded(headers: &mut HeaderMap) {
-    headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+fn mark_encoded(headers: &mut HeaderMap, encoding: Encoding) {
+    headers.insert(
+        CONTENT_ENCODING,
+        HeaderValue::from_static(encoding.as_str()),
+    );
     headers.remove(ACCEPT_RANGES);
     if let Some(etag) = headers.get(ETAG)
         && etag.as_bytes().starts_with(b"\"")

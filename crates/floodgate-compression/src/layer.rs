@@ -12,6 +12,7 @@ use tower::Layer;
 use tower_service::Service;
 
 use crate::body::{BoxError, CompressionBody};
+use crate::codec::SUPPORTED;
 use crate::future::ResponseFuture;
 use crate::settings::Settings;
 
@@ -31,6 +32,8 @@ pub struct CompressionLayer {
 pub enum ConfigError {
     /// The level is above 9.
     Level(u32),
+    /// A coding this build does not support.
+    Coding(Encoding),
 }
 
 impl fmt::Display for ConfigError {
@@ -39,6 +42,10 @@ impl fmt::Display for ConfigError {
             ConfigError::Level(level) => {
                 write!(f, "gzip level {level} is out of range: use 0 to 9")
             }
+            ConfigError::Coding(coding) => write!(
+                f,
+                "{coding} is not a coding this build compresses; enable its feature (compression-{coding})"
+            ),
         }
     }
 }
@@ -58,6 +65,7 @@ impl CompressionLayer {
     pub fn new() -> Self {
         Self {
             settings: Arc::new(Settings {
+                codings: SUPPORTED.to_vec(),
                 level: Self::DEFAULT_LEVEL,
                 min_bytes: Self::DEFAULT_MIN_BYTES,
                 one_shot_max_bytes: Self::DEFAULT_ONE_SHOT_MAX_BYTES,
@@ -82,6 +90,22 @@ impl CompressionLayer {
             return Err(ConfigError::Level(level));
         }
         Ok(self.with(|settings| settings.level = level))
+    }
+
+    /// Offers exactly `codings`, preferring earlier ones when a client weighs several alike
+    /// (default: gzip, then zstd, br and deflate as their features allow). Gzip first keeps
+    /// small responses on the one-shot path.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Coding`] for a coding this build does not support (enable its
+    /// feature), or for identity.
+    pub fn codings(self, codings: impl IntoIterator<Item = Encoding>) -> Result<Self, ConfigError> {
+        let codings: Vec<Encoding> = codings.into_iter().collect();
+        if let Some(&unsupported) = codings.iter().find(|coding| !SUPPORTED.contains(coding)) {
+            return Err(ConfigError::Coding(unsupported));
+        }
+        Ok(self.with(|settings| settings.codings = codings))
     }
 
     /// Sends bodies of known size below `bytes` uncompressed.
@@ -170,7 +194,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let negotiated = negotiate(request.headers(), &[Encoding::Gzip]);
+        let negotiated = negotiate(request.headers(), &self.settings.codings);
         let method = request.method().clone();
         ResponseFuture::new(
             self.inner.call(request),

@@ -1,5 +1,6 @@
-//! gzip response compression as a tower layer, and request decompression with a hard limit
-//! on decoded bytes ([`RequestDecompressionLayer`]).
+//! Response compression as a tower layer: gzip always, deflate, br and zstd with their
+//! features. Also request decompression with a hard limit on decoded bytes
+//! ([`RequestDecompressionLayer`]).
 //!
 //! [`CompressionLayer`] negotiates `Accept-Encoding` (RFC 9110 §12.5.3, through
 //! [`floodgate_core::encoding`]) and compresses what is worth it, in one of two ways:
@@ -8,7 +9,9 @@
 //!   [`one_shot_max_bytes`](CompressionLayer::one_shot_max_bytes) (256 KiB by default) is
 //!   gathered and compressed in one call, with a compressor state each thread keeps and
 //!   resets. The response gets its compressed `Content-Length`.
-//! - **Streaming**: other bodies go through async-compression's gzip encoder as they arrive.
+//! - **Streaming**: other bodies, and every coding but gzip, go through async-compression's
+//!   encoders as they arrive: gzip and deflate at the configured level, br at quality 4,
+//!   zstd at level 3.
 //!   Event streams (`text/event-stream`, with [`flush_streams`](CompressionLayer::flush_streams))
 //!   are flushed after every chunk, so each event reaches the client when it is produced.
 //!
@@ -32,6 +35,17 @@
 //! - a weakened strong `ETag`, since the bytes differ.
 //!
 //! An eligible response that the client did not want compressed still gets the `Vary`.
+//!
+//! # Features
+//!
+//! | feature | default | enables |
+//! |---|---|---|
+//! | `deflate` | no | `deflate` (zlib format), both ways |
+//! | `br` | no | `br` (Brotli), both ways |
+//! | `zstd` | no | `zstd` (Zstandard), both ways |
+//!
+//! Among the codings a client weighs alike, the server prefers gzip, then zstd, br and
+//! deflate; [`CompressionLayer::codings`] changes the order or the set.
 //!
 //! # Defaults, and the measurements behind them
 //!
@@ -99,6 +113,7 @@
 //! ```
 
 mod body;
+mod codec;
 mod decompression;
 mod future;
 mod gzip;

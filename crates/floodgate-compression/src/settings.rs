@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use floodgate_core::encoding::Encoding;
 use floodgate_core::header;
 use http::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_RANGE, CONTENT_TYPE};
 use http::{Method, StatusCode, response};
@@ -14,6 +15,8 @@ pub(crate) type Predicate = Arc<dyn Fn(&response::Parts, Option<u64>) -> bool + 
 /// The layer's settings, shared by every service it makes.
 #[derive(Clone)]
 pub(crate) struct Settings {
+    /// The codings offered, in the server's order of preference.
+    pub(crate) codings: Vec<Encoding>,
     pub(crate) level: u32,
     pub(crate) min_bytes: u64,
     pub(crate) one_shot_max_bytes: u64,
@@ -116,6 +119,7 @@ fn is_incompressible(media_type: &[u8]) -> bool {
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
+            .field("codings", &self.codings)
             .field("level", &self.level)
             .field("min_bytes", &self.min_bytes)
             .field("one_shot_max_bytes", &self.one_shot_max_bytes)
