@@ -42,13 +42,18 @@ pin_project! {
     }
 }
 
-/// A request held until its delay-mode policies admit it.
+/// A request held until its delay-mode policies admit it, then until its service is ready.
 struct Waiting<S, B> {
+    /// Boxed on its own: `Sleep` must not move once polled, and the state is moved.
     sleep: Pin<Box<Sleep>>,
+    /// A clone of the inner service, not yet polled: readiness is asked for only once the
+    /// request is admitted, so nothing downstream is held while it waits.
     service: S,
     request: Option<Request<B>>,
     limiter: Arc<Limiter>,
     since: Instant,
+    /// Set once admitted: the rate-limit fields for the response.
+    admitted: Option<Option<Box<Fields>>>,
 }
 
 impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
@@ -79,6 +84,7 @@ impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
             request: Some(request),
             limiter,
             since,
+            admitted: None,
         };
         Self {
             state: State::Waiting {
@@ -114,26 +120,39 @@ where
                     return Poll::Ready(Ok((*response).map(ResponseBody::full)));
                 }
                 StateProjection::Waiting { waiting } => {
-                    ready!(waiting.sleep.as_mut().poll(cx));
+                    let waiting = &mut **waiting;
+                    if waiting.admitted.is_none() {
+                        ready!(waiting.sleep.as_mut().poll(cx));
+                        let request = waiting
+                            .request
+                            .as_ref()
+                            .expect("the request is held until it is admitted");
+                        match waiting
+                            .limiter
+                            .check(&RequestHead::new(request), waiting.since.elapsed())
+                        {
+                            Verdict::Admit(fields) => waiting.admitted = Some(fields),
+                            Verdict::Reject(response) => {
+                                state.set(State::Rejected {
+                                    response: Some(response),
+                                });
+                                continue;
+                            }
+                            Verdict::Wait(wait) => {
+                                waiting.sleep.as_mut().reset(Instant::now() + wait);
+                                continue;
+                            }
+                        }
+                    }
+                    ready!(waiting.service.poll_ready(cx))?;
                     let request = waiting
                         .request
                         .take()
-                        .expect("a waiting request is taken only once, when it is admitted");
-                    let waited = waiting.since.elapsed();
-                    match waiting.limiter.check(&RequestHead::new(&request), waited) {
-                        Verdict::Admit(fields) => State::Called {
-                            future: waiting.service.call(request),
-                            fields,
-                        },
-                        Verdict::Reject(response) => State::Rejected {
-                            response: Some(response),
-                        },
-                        Verdict::Wait(wait) => {
-                            waiting.request = Some(request);
-                            let deadline = Instant::now() + wait;
-                            waiting.sleep.as_mut().reset(deadline);
-                            continue;
-                        }
+                        .expect("the request is held until it is admitted");
+                    let fields = waiting.admitted.take().flatten();
+                    State::Called {
+                        future: waiting.service.call(request),
+                        fields,
                     }
                 }
             };

@@ -149,7 +149,8 @@ pub(crate) struct Fields {
     policy: Option<HeaderValue>,
     /// `RateLimit`: one item per policy, joined with `, `.
     ratelimit: String,
-    /// `(limit, remaining, reset seconds)` of the legacy policy with the fewest remaining.
+    /// `(limit, remaining, reset seconds)` of the legacy policy with the fewest remaining; on
+    /// a tie the later one, so a refusal describes the policy that refused.
     legacy: Option<(u32, u64, u64)>,
 }
 
@@ -183,7 +184,7 @@ impl Fields {
         if style.legacy()
             && self
                 .legacy
-                .is_none_or(|(_, remaining, _)| decision.remaining < remaining)
+                .is_none_or(|(_, remaining, _)| decision.remaining <= remaining)
         {
             self.legacy = Some((configured.quota.count(), decision.remaining, reset));
         }

@@ -85,11 +85,10 @@ where
             Verdict::Admit(fields) => ResponseFuture::called(self.inner.call(request), fields),
             Verdict::Reject(response) => ResponseFuture::rejected(response),
             Verdict::Wait(wait) => {
-                // The waiting request takes the service that was polled ready; this one
-                // keeps a fresh clone, to be polled before its next call.
-                let clone = self.inner.clone();
-                let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(ready, request, Arc::clone(&self.limiter), wait)
+                // A fresh clone waits and asks for readiness once admitted; the ready one
+                // stays here for the next call.
+                let waiting = self.inner.clone();
+                ResponseFuture::waiting(waiting, request, Arc::clone(&self.limiter), wait)
             }
         }
     }

@@ -829,3 +829,45 @@ async fn a_contended_sliding_window_admits_exactly_its_limit() {
     }
     assert_eq!(calls.load(Ordering::Relaxed), 100);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_delayed_request_holds_nothing_downstream_while_it_waits() {
+    // Behind a concurrency limit of 1, a request waiting for its quota must not keep the
+    // permit that a ready service holds, or every other client would wait with it.
+    let layer = RateLimitLayer::builder()
+        .policy(
+            Policy::token_bucket("per-ip", ClientIp::new(), Quota::per_second(1)).mode(
+                Mode::Delay {
+                    max_wait: Duration::from_secs(5),
+                },
+            ),
+        )
+        .build()
+        .expect("valid layer");
+    let limited =
+        tower::limit::ConcurrencyLimitLayer::new(1).layer(counting_service(Arc::default()));
+    let mut service = layer.layer(limited);
+    assert_eq!(
+        status(&mut service, request_from([192, 0, 2, 1])).await,
+        StatusCode::OK
+    );
+    let waiting = service
+        .ready()
+        .await
+        .expect("ready")
+        .call(request_from([192, 0, 2, 1]));
+    let waiting = tokio::spawn(waiting);
+    let start = tokio::time::Instant::now();
+    assert_eq!(
+        status(&mut service, request_from([192, 0, 2, 2])).await,
+        StatusCode::OK
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the other client waited {:?}",
+        start.elapsed()
+    );
+    let delayed = waiting.await.expect("no panic").expect("infallible");
+    assert_eq!(delayed.status(), StatusCode::OK);
+    assert!(start.elapsed() >= Duration::from_secs(1));
+}
