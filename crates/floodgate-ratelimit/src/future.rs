@@ -52,8 +52,10 @@ struct Waiting<S, B> {
     request: Option<Request<B>>,
     limiter: Arc<Limiter>,
     since: Instant,
-    /// Set once admitted: the rate-limit fields for the response.
-    admitted: Option<Option<Box<Fields>>>,
+    /// Whether the policies admitted the request.
+    admitted: bool,
+    /// The rate-limit fields for the response, once admitted.
+    fields: Option<Box<Fields>>,
 }
 
 impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
@@ -84,7 +86,8 @@ impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
             request: Some(request),
             limiter,
             since,
-            admitted: None,
+            admitted: false,
+            fields: None,
         };
         Self {
             state: State::Waiting {
@@ -121,7 +124,7 @@ where
                 }
                 StateProjection::Waiting { waiting } => {
                     let waiting = &mut **waiting;
-                    if waiting.admitted.is_none() {
+                    if !waiting.admitted {
                         ready!(waiting.sleep.as_mut().poll(cx));
                         let request = waiting
                             .request
@@ -131,7 +134,10 @@ where
                             .limiter
                             .check(&RequestHead::new(request), waiting.since.elapsed())
                         {
-                            Verdict::Admit(fields) => waiting.admitted = Some(fields),
+                            Verdict::Admit(fields) => {
+                                waiting.admitted = true;
+                                waiting.fields = fields;
+                            }
                             Verdict::Reject(response) => {
                                 state.set(State::Rejected {
                                     response: Some(response),
@@ -149,7 +155,7 @@ where
                         .request
                         .take()
                         .expect("the request is held until it is admitted");
-                    let fields = waiting.admitted.take().flatten();
+                    let fields = waiting.fields.take();
                     State::Called {
                         future: waiting.service.call(request),
                         fields,
