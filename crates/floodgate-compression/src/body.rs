@@ -83,6 +83,25 @@ impl<B> CompressionBody<B> {
     }
 }
 
+/// Polls an untouched body, converting its data to `Bytes` and its error to [`BoxError`].
+pub(crate) fn pass_through<B>(
+    body: Pin<&mut B>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>>
+where
+    B: Body,
+    B::Data: Into<Bytes>,
+    B::Error: Into<BoxError>,
+{
+    body.poll_frame(cx).map(|frame| {
+        frame.map(|frame| {
+            frame
+                .map(|frame| frame.map_data(Into::into))
+                .map_err(Into::into)
+        })
+    })
+}
+
 impl<B> Body for CompressionBody<B>
 where
     B: Body,
@@ -97,13 +116,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProjection::Identity { body } => body.poll_frame(cx).map(|frame| {
-                frame.map(|frame| {
-                    frame
-                        .map(|frame| frame.map_data(Into::into))
-                        .map_err(Into::into)
-                })
-            }),
+            KindProjection::Identity { body } => pass_through(body, cx),
             KindProjection::Whole {
                 data,
                 trailers,

@@ -18,7 +18,7 @@ use tokio_util::io::StreamReader;
 use tower::Layer;
 use tower_service::Service;
 
-use crate::body::BoxError;
+use crate::body::{BoxError, pass_through};
 use crate::codec::{self, SUPPORTED, supported_list};
 use floodgate_core::encoding::Encoding;
 
@@ -276,13 +276,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProjection::Identity { body } => body.poll_frame(cx).map(|frame| {
-                frame.map(|frame| {
-                    frame
-                        .map(|frame| frame.map_data(Into::into))
-                        .map_err(Into::into)
-                })
-            }),
+            KindProjection::Identity { body } => pass_through(body, cx),
             KindProjection::Decoded { body } => body.poll_frame(cx),
         }
     }
