@@ -1,5 +1,5 @@
-//! [`RequestDecompressionLayer`]: gzip request bodies decoded as they stream, with a hard cap
-//! on decoded bytes.
+//! [`RequestDecompressionLayer`]: request bodies decoded as they stream, with hard caps on
+//! encoded and decoded bytes.
 
 use std::fmt;
 use std::io;
@@ -8,11 +8,13 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use floodgate_core::body::ResponseBody;
+use floodgate_core::encoding::Encoding;
+use floodgate_core::metrics::{DECOMPRESSION_REQUESTS_TOTAL, LABEL_OUTCOME};
 use floodgate_core::rejection::{ProblemJson, Reason, Rejection};
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH};
 use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Limited;
+use http_body_util::{LengthLimitError, Limited};
 use pin_project_lite::pin_project;
 use tokio_util::io::StreamReader;
 use tower::Layer;
@@ -20,48 +22,73 @@ use tower_service::Service;
 
 use crate::body::{BoxError, pass_through};
 use crate::codec::{self, SUPPORTED, supported_list};
-use floodgate_core::encoding::Encoding;
 
-/// How much decoded data one frame of a decoded body carries at most.
+/// The most decoded data one read produces, and the size of the one buffer it reuses.
 const CHUNK: usize = 32 * 1024;
 
 /// Decodes request bodies in gzip (`Content-Encoding: gzip` or `x-gzip`), and with their
-/// features deflate, br and zstd, as they stream, and stops at a limit on decoded bytes.
+/// features deflate, br and zstd, as they stream, within two limits.
 ///
-/// A small upload can inflate about a thousandfold, so a 1 MiB body can decode to 1 GiB.
-/// Past [`max_decoded_bytes`](Self::max_decoded_bytes), 10 MiB by default, the body fails
-/// with [`http_body_util::LengthLimitError`], which axum answers with 413. No more than the
-/// limit plus one 32 KiB chunk is ever decoded. Corrupt or truncated data fails with an I/O
-/// error, which axum answers with 400. A request in any other coding, or in several, is
-/// refused here with 415 and an `Accept-Encoding` listing the codings this build decodes. Bodies without a coding pass untouched, with no limit:
-/// bound those with `RequestBodyLimit` or axum's `DefaultBodyLimit`.
+/// - **Decoded bytes**, [`max_decoded_bytes`](Self::max_decoded_bytes), 10 MiB by default.
+///   A small upload can inflate about a thousandfold, so 1 MiB can decode to 1 GiB. Past the
+///   limit the body fails with [`http_body_util::LengthLimitError`], which axum answers with
+///   413. At most the limit plus one 32 KiB read is ever decoded, and the data the service
+///   holds is no more than what it was handed.
+/// - **Encoded bytes**, [`max_encoded_bytes`](Self::max_encoded_bytes), 10 MiB by default.
+///   This bounds the work on input that decodes to nothing, such as endless empty gzip
+///   members or zstd skippable frames. A declared `Content-Length` above it is refused at
+///   once with 413; a body that grows past it fails with `LengthLimitError`.
+///
+/// Corrupt or truncated data fails with an I/O error, which axum answers with 400. A request
+/// in any other coding, or in several, is refused here with 415 and an `Accept-Encoding`
+/// listing the codings this build decodes. Bodies without a coding pass untouched and
+/// unlimited: bound those with `RequestBodyLimit` or axum's `DefaultBodyLimit`.
 ///
 /// ```
 /// use floodgate_compression::RequestDecompressionLayer;
 ///
-/// let layer = RequestDecompressionLayer::new().max_decoded_bytes(1024 * 1024);
+/// let layer = RequestDecompressionLayer::new()
+///     .max_decoded_bytes(1024 * 1024)
+///     .max_encoded_bytes(256 * 1024);
 /// # let _ = layer;
 /// ```
 #[derive(Debug, Clone, Copy)]
 #[must_use]
 pub struct RequestDecompressionLayer {
-    max_decoded_bytes: usize,
+    limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    decoded: usize,
+    encoded: usize,
 }
 
 impl RequestDecompressionLayer {
     /// The default cap on decoded bytes: 10 MiB.
     pub const DEFAULT_MAX_DECODED_BYTES: usize = 10 * 1024 * 1024;
+    /// The default cap on encoded bytes: 10 MiB.
+    pub const DEFAULT_MAX_ENCODED_BYTES: usize = 10 * 1024 * 1024;
 
-    /// Decodes gzip with the default cap.
+    /// Decodes every supported coding with the default caps.
     pub fn new() -> Self {
         Self {
-            max_decoded_bytes: Self::DEFAULT_MAX_DECODED_BYTES,
+            limits: Limits {
+                decoded: Self::DEFAULT_MAX_DECODED_BYTES,
+                encoded: Self::DEFAULT_MAX_ENCODED_BYTES,
+            },
         }
     }
 
     /// Fails a decoded body past `bytes`.
     pub fn max_decoded_bytes(mut self, bytes: usize) -> Self {
-        self.max_decoded_bytes = bytes;
+        self.limits.decoded = bytes;
+        self
+    }
+
+    /// Refuses an encoded body past `bytes`.
+    pub fn max_encoded_bytes(mut self, bytes: usize) -> Self {
+        self.limits.encoded = bytes;
         self
     }
 }
@@ -78,7 +105,7 @@ impl<S> Layer<S> for RequestDecompressionLayer {
     fn layer(&self, inner: S) -> RequestDecompression<S> {
         RequestDecompression {
             inner,
-            max_decoded_bytes: self.max_decoded_bytes,
+            limits: self.limits,
         }
     }
 }
@@ -87,7 +114,7 @@ impl<S> Layer<S> for RequestDecompressionLayer {
 #[derive(Debug, Clone)]
 pub struct RequestDecompression<S> {
     inner: S,
-    max_decoded_bytes: usize,
+    limits: Limits,
 }
 
 /// What a request body's `Content-Encoding` asks of the layer.
@@ -115,6 +142,21 @@ fn coding<B>(request: &Request<B>) -> RequestCoding {
     }
 }
 
+fn declared_length<B>(request: &Request<B>) -> Option<u64> {
+    request
+        .headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn counted(outcome: &'static str) {
+    tracing::debug!(target: "floodgate::decompression", outcome, "request body");
+    metrics::counter!(DECOMPRESSION_REQUESTS_TOTAL.name, LABEL_OUTCOME => outcome).increment(1);
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestDecompression<S>
 where
     S: Service<Request<DecompressionBody<ReqBody>>, Response = Response<ResBody>>,
@@ -134,28 +176,40 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        match coding(&request) {
-            RequestCoding::Identity => DecompressionFuture::called(
-                self.inner.call(request.map(DecompressionBody::identity)),
-            ),
-            RequestCoding::Decode(encoding) => {
-                let (mut parts, body) = request.into_parts();
-                // The headers now describe the decoded body, whose length is unknown.
-                parts.headers.remove(CONTENT_ENCODING);
-                parts.headers.remove(CONTENT_LENGTH);
-                let body = DecompressionBody::decoded(encoding, body, self.max_decoded_bytes);
-                DecompressionFuture::called(self.inner.call(Request::from_parts(parts, body)))
+        let encoding = match coding(&request) {
+            RequestCoding::Identity => {
+                let request = request.map(DecompressionBody::identity);
+                return DecompressionFuture::called(self.inner.call(request));
             }
+            RequestCoding::Decode(encoding) => encoding,
             RequestCoding::Unsupported => {
+                counted("unsupported");
                 let supported = supported_list();
-                let rejection = Rejection::new(
-                    Reason::UnsupportedEncoding,
-                    format!("the request body's Content-Encoding is not supported; send one of {supported}, or none"),
-                )
-                .with_header(ACCEPT_ENCODING, HeaderValue::try_from(supported).unwrap_or(HeaderValue::from_static("gzip")));
-                DecompressionFuture::rejected(rejection.into_response(&ProblemJson))
+                let detail = format!(
+                    "the request body's Content-Encoding is not supported; send one of \
+                     {supported}, or none"
+                );
+                let accepted =
+                    HeaderValue::try_from(supported).unwrap_or(HeaderValue::from_static("gzip"));
+                let rejection = Rejection::new(Reason::UnsupportedEncoding, detail)
+                    .with_header(ACCEPT_ENCODING, accepted);
+                return DecompressionFuture::rejected(rejection.into_response(&ProblemJson));
             }
+        };
+        let encoded = self.limits.encoded;
+        if declared_length(&request).is_some_and(|length| length > encoded as u64) {
+            counted("too_large");
+            let detail = format!("the encoded request body is over {encoded} bytes");
+            let rejection = Rejection::new(Reason::PayloadTooLarge, detail);
+            return DecompressionFuture::rejected(rejection.into_response(&ProblemJson));
         }
+        counted("decoded");
+        let (mut parts, body) = request.into_parts();
+        // The headers now describe the decoded body, whose length is unknown.
+        parts.headers.remove(CONTENT_ENCODING);
+        parts.headers.remove(CONTENT_LENGTH);
+        let body = DecompressionBody::decoded(encoding, body, self.limits);
+        DecompressionFuture::called(self.inner.call(Request::from_parts(parts, body)))
     }
 }
 
@@ -243,22 +297,42 @@ where
         }
     }
 
-    /// `body` decoded from `encoding`, one of the supported codings.
-    fn decoded(encoding: Encoding, body: B, max_decoded_bytes: usize) -> Self
+    /// `body` decoded from `encoding`, one of the supported codings, within `limits`.
+    fn decoded(encoding: Encoding, body: B, limits: Limits) -> Self
     where
         B: Send + 'static,
     {
-        let reader = StreamReader::new(DataStream { body });
+        let encoded = Limited::new(body, limits.encoded);
+        let reader = StreamReader::new(DataStream { body: encoded });
         let decoder = codec::decoder(encoding, reader).expect("only supported codings are decoded");
         let output = Decoded {
             decoder,
-            buffer: BytesMut::new(),
+            buffer: BytesMut::with_capacity(CHUNK),
         };
         Self {
             kind: Kind::Decoded {
-                body: Limited::new(output, max_decoded_bytes),
+                body: Limited::new(output, limits.decoded),
             },
         }
+    }
+}
+
+/// The error a decoded body fails with: a limit on either side surfaces as the
+/// `LengthLimitError` itself (axum answers it with 413), not wrapped in the I/O error the
+/// decoder reports it in.
+fn surface_limit(error: BoxError) -> BoxError {
+    let wraps_limit = error
+        .downcast_ref::<io::Error>()
+        .and_then(io::Error::get_ref)
+        .is_some_and(<dyn std::error::Error + Send + Sync>::is::<LengthLimitError>);
+    if !wraps_limit {
+        return error;
+    }
+    match error.downcast::<io::Error>() {
+        Ok(io) => io
+            .into_inner()
+            .unwrap_or_else(|| Box::new(io::Error::other("limit"))),
+        Err(error) => error,
     }
 }
 
@@ -277,7 +351,9 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProjection::Identity { body } => pass_through(body, cx),
-            KindProjection::Decoded { body } => body.poll_frame(cx),
+            KindProjection::Decoded { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|frame| frame.map_err(surface_limit))),
         }
     }
 
@@ -343,6 +419,8 @@ where
 /// The decoded data, at most one chunk at a time.
 struct Decoded {
     decoder: codec::Decoder,
+    /// One buffer, reused: each frame is a copy of exactly what was decoded, so a trickle of
+    /// small frames holds no more memory than the data itself.
     buffer: BytesMut,
 }
 
@@ -355,7 +433,7 @@ impl Body for Decoded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        this.buffer.reserve(CHUNK);
+        this.buffer.clear();
         let read = ready!(tokio_util::io::poll_read_buf(
             this.decoder.as_mut(),
             cx,
@@ -364,6 +442,6 @@ impl Body for Decoded {
         if read == 0 {
             return Poll::Ready(None);
         }
-        Poll::Ready(Some(Ok(Frame::data(this.buffer.split().freeze()))))
+        Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(&this.buffer)))))
     }
 }

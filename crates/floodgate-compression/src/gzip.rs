@@ -18,7 +18,12 @@ thread_local! {
 }
 
 /// `input` as one gzip member at `level` (0–9).
-pub(crate) fn compress(input: &[u8], level: u32) -> Bytes {
+///
+/// # Errors
+///
+/// The compressor's error; then the thread's state is dropped, and the next call starts a
+/// fresh one.
+pub(crate) fn compress(input: &[u8], level: u32) -> Result<Bytes, flate2::CompressError> {
     STATE.with_borrow_mut(|state| {
         let compress = match state {
             Some((kept, compress)) if *kept == level => {
@@ -37,13 +42,18 @@ pub(crate) fn compress(input: &[u8], level: u32) -> Bytes {
         let start_in = compress.total_in();
         loop {
             let consumed = usize::try_from(compress.total_in() - start_in).unwrap_or(input.len());
-            let status = compress
-                .compress_vec(
-                    &input[consumed.min(input.len())..],
-                    &mut output,
-                    FlushCompress::Finish,
-                )
-                .unwrap_or(Status::StreamEnd);
+            let status = compress.compress_vec(
+                &input[consumed.min(input.len())..],
+                &mut output,
+                FlushCompress::Finish,
+            );
+            let status = match status {
+                Ok(status) => status,
+                Err(error) => {
+                    *state = None;
+                    return Err(error);
+                }
+            };
             if status == Status::StreamEnd {
                 break;
             }
@@ -54,7 +64,11 @@ pub(crate) fn compress(input: &[u8], level: u32) -> Bytes {
         output.extend_from_slice(&crc.sum().to_le_bytes());
         // ISIZE is the input length modulo 2^32 (RFC 1952 §2.3.1).
         output.extend_from_slice(&(crc.amount()).to_le_bytes());
-        Bytes::from(output)
+        // The buffer was sized for the input; keep only what the response needs.
+        if output.capacity() > 2 * output.len() {
+            output.shrink_to_fit();
+        }
+        Ok(Bytes::from(output))
     })
 }
 
@@ -80,7 +94,7 @@ mod tests {
             for size in [0, 1, 100, 1024, 16 * 1024, json.len()] {
                 let input = &json[..size];
                 assert_eq!(
-                    gunzip(&compress(input, level)),
+                    gunzip(&compress(input, level).expect("compresses")),
                     input,
                     "level {level}, {size} bytes"
                 );
@@ -93,6 +107,6 @@ mod tests {
         let noise: Vec<u8> = (0..100_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
             .collect();
-        assert_eq!(gunzip(&compress(&noise, 6)), noise);
+        assert_eq!(gunzip(&compress(&noise, 6).expect("compresses")), noise);
     }
 }

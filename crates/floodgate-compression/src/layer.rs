@@ -42,9 +42,13 @@ impl fmt::Display for ConfigError {
             ConfigError::Level(level) => {
                 write!(f, "gzip level {level} is out of range: use 0 to 9")
             }
+            ConfigError::Coding(Encoding::Identity) => {
+                f.write_str("identity is not a coding to compress with; leave it out of the list")
+            }
             ConfigError::Coding(coding) => write!(
                 f,
-                "{coding} is not a coding this build compresses; enable its feature (compression-{coding})"
+                "{coding} is not compiled in: enable the crate feature `{coding}` (the facade's \
+                 `compression-{coding}`)"
             ),
         }
     }
@@ -94,7 +98,8 @@ impl CompressionLayer {
 
     /// Offers exactly `codings`, preferring earlier ones when a client weighs several alike
     /// (default: gzip, then zstd, br and deflate as their features allow). Gzip first keeps
-    /// small responses on the one-shot path.
+    /// small responses on the one-shot path. An empty list turns compression off, though
+    /// eligible responses still say `Vary: Accept-Encoding`.
     ///
     /// # Errors
     ///

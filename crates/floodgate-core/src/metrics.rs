@@ -53,6 +53,8 @@ pub enum MetricKind {
 pub const LABEL_REASON: &str = "reason";
 /// Label key: the name of the policy (rate limit) a metric is about.
 pub const LABEL_POLICY: &str = "policy";
+/// Label key: what a layer did with a request or response.
+pub const LABEL_OUTCOME: &str = "outcome";
 /// Label key: what a key extractor could not find ([`KeyError`] kind).
 pub const LABEL_ERROR: &str = "error";
 
@@ -129,6 +131,25 @@ pub const RATELIMIT_TRACKED_KEYS: Metric = Metric {
     help: "Keys a rate-limit policy tracks.",
 };
 
+/// Responses the compression layer saw, by outcome: `one_shot` and `stream` (compressed,
+/// by path), `identity` (eligible, but the client wanted no coding we offer), `skipped`
+/// (not worth compressing, or must not be).
+pub const COMPRESSION_RESPONSES_TOTAL: Metric = Metric {
+    name: "floodgate_compression_responses_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_OUTCOME],
+    help: "Responses the compression layer saw, by outcome.",
+};
+
+/// Encoded request bodies the decompression layer saw, by outcome: `decoded`,
+/// `unsupported` (415), `too_large` (413 on the declared length).
+pub const DECOMPRESSION_REQUESTS_TOTAL: Metric = Metric {
+    name: "floodgate_decompression_requests_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_OUTCOME],
+    help: "Encoded request bodies the decompression layer saw, by outcome.",
+};
+
 /// Every metric floodgate emits.
 pub const ALL: &[Metric] = &[
     REJECTIONS_TOTAL,
@@ -140,6 +161,8 @@ pub const ALL: &[Metric] = &[
     RATELIMIT_OVERFLOW_TOTAL,
     RATELIMIT_SWEPT_KEYS_TOTAL,
     RATELIMIT_TRACKED_KEYS,
+    COMPRESSION_RESPONSES_TOTAL,
+    DECOMPRESSION_REQUESTS_TOTAL,
 ];
 
 /// Registers the help text of every metric with the installed recorder.

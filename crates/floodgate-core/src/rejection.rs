@@ -53,6 +53,8 @@ pub enum Reason {
     CostExceedsQuota,
     /// The request body's `Content-Encoding` is not one the server decodes (415).
     UnsupportedEncoding,
+    /// The request body is larger than the server accepts (413).
+    PayloadTooLarge,
 }
 
 impl Reason {
@@ -63,6 +65,7 @@ impl Reason {
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -74,6 +77,7 @@ impl Reason {
             Reason::Overloaded => "overloaded",
             Reason::CostExceedsQuota => "cost_exceeds_quota",
             Reason::UnsupportedEncoding => "unsupported_encoding",
+            Reason::PayloadTooLarge => "payload_too_large",
         }
     }
 }
