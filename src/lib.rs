@@ -36,7 +36,9 @@
 //! |---|---|---|
 //! | `axum` | yes | reading axum's `ConnectInfo` (peer address) and `MatchedPath` (`key::Route`) |
 //! | `ratelimit` | no | [`ratelimit`]: token-bucket and sliding-window rate limiting |
-//! | `compression` | no | [`compression`]: gzip response compression |
+//! | `compression` | no | [`compression`]: response compression (gzip) and bounded request decompression |
+//! | `compression-deflate`, `compression-br`, `compression-zstd` | no | those codings as well |
+//! | `shed` | no | [`shed`]: concurrency limits with a bounded queue |
 //! | `full` | no | every feature |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -53,7 +55,12 @@ pub use floodgate_compression as compression;
 #[doc(inline)]
 pub use floodgate_ratelimit as ratelimit;
 
+#[cfg(feature = "shed")]
+#[cfg_attr(docsrs, doc(cfg(feature = "shed")))]
+#[doc(inline)]
+pub use floodgate_shed as shed;
+
 /// The README's examples, compiled and run as doc tests.
-#[cfg(all(doctest, feature = "ratelimit"))]
+#[cfg(all(doctest, feature = "ratelimit", feature = "shed"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -150,6 +150,22 @@ pub const DECOMPRESSION_REQUESTS_TOTAL: Metric = Metric {
     help: "Encoded request bodies the decompression layer saw, by outcome.",
 };
 
+/// Requests a concurrency limit refused, by reason (`queue_full`, `queue_timeout`).
+pub const SHED_REJECTED_TOTAL: Metric = Metric {
+    name: "floodgate_shed_rejected_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_REASON],
+    help: "Requests a concurrency limit refused, by reason.",
+};
+
+/// Requests a concurrency limit admitted after waiting in its queue.
+pub const SHED_QUEUED_TOTAL: Metric = Metric {
+    name: "floodgate_shed_queued_total",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "Requests a concurrency limit admitted after waiting in its queue.",
+};
+
 /// Every metric floodgate emits.
 pub const ALL: &[Metric] = &[
     REJECTIONS_TOTAL,
@@ -163,6 +179,8 @@ pub const ALL: &[Metric] = &[
     RATELIMIT_TRACKED_KEYS,
     COMPRESSION_RESPONSES_TOTAL,
     DECOMPRESSION_REQUESTS_TOTAL,
+    SHED_REJECTED_TOTAL,
+    SHED_QUEUED_TOTAL,
 ];
 
 /// Registers the help text of every metric with the installed recorder.

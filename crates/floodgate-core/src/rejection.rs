@@ -55,6 +55,10 @@ pub enum Reason {
     UnsupportedEncoding,
     /// The request body is larger than the server accepts (413).
     PayloadTooLarge,
+    /// Every slot is taken and the wait queue is full (503).
+    QueueFull,
+    /// The request waited in the queue for as long as it may (503).
+    QueueTimeout,
 }
 
 impl Reason {
@@ -63,7 +67,9 @@ impl Reason {
         match self {
             Reason::KeyUnavailable | Reason::CostExceedsQuota => StatusCode::BAD_REQUEST,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Reason::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Overloaded | Reason::QueueFull | Reason::QueueTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reason::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
@@ -78,6 +84,8 @@ impl Reason {
             Reason::CostExceedsQuota => "cost_exceeds_quota",
             Reason::UnsupportedEncoding => "unsupported_encoding",
             Reason::PayloadTooLarge => "payload_too_large",
+            Reason::QueueFull => "queue_full",
+            Reason::QueueTimeout => "queue_timeout",
         }
     }
 }

@@ -1,0 +1,188 @@
+//! The slots requests take: one semaphore for a global limit, or one per key.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use floodgate_core::key::Key;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Shards of the per-key table: enough that requests for different keys rarely wait on the
+/// same lock.
+const SHARDS: usize = 64;
+
+/// One limit: its permits, and how many requests wait for one.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) semaphore: Arc<Semaphore>,
+    pub(crate) queued: AtomicUsize,
+}
+
+impl Slot {
+    fn new(permits: usize) -> Arc<Self> {
+        Arc::new(Self {
+            semaphore: Arc::new(Semaphore::new(permits)),
+            queued: AtomicUsize::new(0),
+        })
+    }
+}
+
+type Table<K> = Mutex<HashMap<K, Arc<Slot>, foldhash::quality::RandomState>>;
+
+/// Where the slot for a request comes from.
+#[derive(Debug)]
+pub(crate) enum Slots<K> {
+    /// One limit for everything: no table, no lock.
+    One(Arc<Slot>),
+    /// A limit per key. A key's entry exists while a request for it is in flight or queued.
+    PerKey {
+        shards: Box<[Table<K>]>,
+        hasher: foldhash::quality::RandomState,
+        permits: usize,
+    },
+}
+
+impl<K: Key> Slots<K> {
+    pub(crate) fn one(permits: usize) -> Self {
+        Slots::One(Slot::new(permits))
+    }
+
+    pub(crate) fn per_key(permits: usize) -> Self {
+        let shards = (0..SHARDS)
+            .map(|_| Mutex::new(HashMap::default()))
+            .collect();
+        Slots::PerKey {
+            shards,
+            hasher: foldhash::quality::RandomState::default(),
+            permits,
+        }
+    }
+
+    fn shard(&self, key: &K) -> Option<&Table<K>> {
+        match self {
+            Slots::One(_) => None,
+            Slots::PerKey { shards, hasher, .. } => {
+                let index = usize::try_from(hasher.hash_one(key) % SHARDS as u64).unwrap_or(0);
+                shards.get(index)
+            }
+        }
+    }
+
+    /// The slot of `key`, made on first use.
+    pub(crate) fn get(&self, key: &K) -> Arc<Slot> {
+        match self {
+            Slots::One(slot) => Arc::clone(slot),
+            Slots::PerKey { permits, .. } => {
+                let table = self.shard(key).expect("a per-key table has shards");
+                let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(slot) = table.get(key) {
+                    return Arc::clone(slot);
+                }
+                let slot = Slot::new(*permits);
+                table.insert(key.detach(), Arc::clone(&slot));
+                slot
+            }
+        }
+    }
+
+    /// Drops the entry of `key` if `slot` is its last user besides the table.
+    fn release(&self, key: &K, slot: &Arc<Slot>) {
+        let Some(table) = self.shard(key) else { return };
+        let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
+        // The table holds one reference and the caller one: nobody else is in flight or
+        // queued (new users take theirs under this lock).
+        if Arc::strong_count(slot) == 2 && slot.queued.load(Ordering::Relaxed) == 0 {
+            table.remove(key);
+        }
+    }
+
+    /// Keys with an entry now.
+    pub(crate) fn keys(&self) -> usize {
+        match self {
+            Slots::One(_) => 1,
+            Slots::PerKey { shards, .. } => shards
+                .iter()
+                .map(|table| table.lock().unwrap_or_else(PoisonError::into_inner).len())
+                .sum(),
+        }
+    }
+}
+
+/// A request's hold on its slot; the last holder of a per-key slot removes the entry.
+pub(crate) struct SlotRef<K: Key> {
+    pub(crate) slots: Arc<dyn SlotTable<K>>,
+    pub(crate) key: K,
+    pub(crate) slot: Arc<Slot>,
+}
+
+/// The table a [`SlotRef`] goes back to.
+pub(crate) trait SlotTable<K>: Send + Sync {
+    fn release(&self, key: &K, slot: &Arc<Slot>);
+}
+
+impl<K: Key> SlotTable<K> for Slots<K> {
+    fn release(&self, key: &K, slot: &Arc<Slot>) {
+        Slots::release(self, key, slot);
+    }
+}
+
+impl<K: Key> Drop for SlotRef<K> {
+    fn drop(&mut self) {
+        self.slots.release(&self.key, &self.slot);
+    }
+}
+
+/// A permit of a slot, released when dropped (then the slot reference goes).
+pub(crate) struct Permit<K: Key> {
+    // Field order matters: the permit goes back before the slot reference is released.
+    _permit: OwnedSemaphorePermit,
+    _slot: SlotRef<K>,
+}
+
+impl<K: Key> Permit<K> {
+    pub(crate) fn new(permit: OwnedSemaphorePermit, slot: SlotRef<K>) -> Self {
+        Self {
+            _permit: permit,
+            _slot: slot,
+        }
+    }
+}
+
+/// A place in a slot's queue, given back when dropped unless the request was admitted.
+pub(crate) struct QueueTicket<K: Key> {
+    slot: Option<SlotRef<K>>,
+}
+
+impl<K: Key> QueueTicket<K> {
+    /// A place in the queue of `slot`, if fewer than `max` wait.
+    pub(crate) fn take(slot: SlotRef<K>, max: usize) -> Result<Self, SlotRef<K>> {
+        let taken = slot
+            .slot
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                (queued < max).then_some(queued + 1)
+            })
+            .is_ok();
+        if taken {
+            Ok(Self { slot: Some(slot) })
+        } else {
+            Err(slot)
+        }
+    }
+
+    /// Leaves the queue with `permit`, keeping the hold on the slot.
+    pub(crate) fn admit(mut self, permit: OwnedSemaphorePermit) -> Permit<K> {
+        let slot = self.slot.take().expect("a ticket is admitted once");
+        slot.slot.queued.fetch_sub(1, Ordering::Relaxed);
+        Permit::new(permit, slot)
+    }
+}
+
+impl<K: Key> Drop for QueueTicket<K> {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.slot {
+            slot.slot.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
