@@ -1,0 +1,280 @@
+//! Overload: how much useful work a service still does when offered more than it can take.
+//!
+//! ```sh
+//! cargo run --release --example overload --features full            # 3 s per load point
+//! cargo run --release --example overload --features full -- 10      # 10 s per load point
+//! ```
+//!
+//! An axum server on 127.0.0.1 has a hidden capacity: 8 requests at a time, each taking
+//! 10 ms of (asynchronous) work. That is about 715 requests a second, since tokio's timer
+//! makes a 10 ms sleep last about 11 ms; the program measures it first. None of the
+//! middleware is told the capacity. An open-loop client sends requests at a fixed rate, 0.5×, 1×, 2× and 4× capacity.
+//! It sends on schedule, whatever the server does, as real users arrive, and times each
+//! request from when it was due. Each request has a 1 s deadline.
+//!
+//! For each protection it prints:
+//! - goodput: 200s completed within the deadline, per second, and as a share of capacity;
+//! - refusals per second;
+//! - timeouts per second;
+//! - p50 and p99 of the successful responses.
+//!
+//! Protections:
+//! - none;
+//! - tower's `LoadShed` + `ConcurrencyLimit(8)` through `HandleErrorLayer`, as axum users
+//!   write it (`route_layer`), and wrapped around the whole app;
+//! - floodgate's `ConcurrencyLimitLayer` at 8 and at 10, each with a queue of half its
+//!   limit that waits at most 20 ms.
+//!
+//! Both limits are tuned to the true capacity, which in practice is not known. The adaptive
+//! limits that would find it are not built yet.
+//!
+//! Everything runs on this machine's loopback, bounded in time, and stops by itself.
+
+// Rates, shares and percentile indexes are printed figures over counts far below 2^52.
+#![allow(
+    clippy::cast_precision_loss,
+    reason = "printed figures over small counts"
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::routing::get;
+use bytes::Bytes;
+use floodgate::shed::ConcurrencyLimitLayer;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tower::ServiceBuilder;
+
+/// Requests the service works on at once.
+const CAPACITY: usize = 8;
+/// The work each request takes.
+const SERVICE_TIME: Duration = Duration::from_millis(10);
+/// How long a client waits for an answer.
+const DEADLINE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+enum Protection {
+    None,
+    /// tower's layers as `route_layer`, where axum users put them.
+    TowerRouteLayer,
+    /// tower's layers around the whole app, where they work.
+    TowerOutside,
+    /// floodgate's limit at the true capacity.
+    Floodgate,
+    /// floodgate's limit a quarter above it.
+    FloodgateAbove,
+}
+
+impl Protection {
+    fn name(self) -> &'static str {
+        match self {
+            Protection::None => "none",
+            Protection::TowerRouteLayer => "tower shed+limit 8, route_layer",
+            Protection::TowerOutside => "tower shed+limit 8, around app",
+            Protection::Floodgate => "floodgate limit 8 + queue",
+            Protection::FloodgateAbove => "floodgate limit 10 + queue",
+        }
+    }
+}
+
+fn floodgate(limit: usize) -> Result<ConcurrencyLimitLayer, floodgate::shed::ConfigError> {
+    ConcurrencyLimitLayer::builder(limit)
+        .max_queue(limit / 2)
+        .max_queue_time(2 * SERVICE_TIME)
+        .build()
+}
+
+fn app(protection: Protection) -> Result<Router, Box<dyn std::error::Error>> {
+    let capacity = Arc::new(Semaphore::new(CAPACITY));
+    let router = Router::new().route(
+        "/work",
+        get(move || {
+            let capacity = Arc::clone(&capacity);
+            async move {
+                let _slot = capacity.acquire().await;
+                tokio::time::sleep(SERVICE_TIME).await;
+                "done"
+            }
+        }),
+    );
+    Ok(match protection {
+        Protection::None | Protection::TowerOutside => router,
+        Protection::TowerRouteLayer => router.route_layer(tower_layers()),
+        Protection::Floodgate => router.route_layer(floodgate(CAPACITY)?),
+        Protection::FloodgateAbove => router.route_layer(floodgate(CAPACITY + CAPACITY / 4)?),
+    })
+}
+
+/// tower's recipe: shed when the limit is not ready, and turn the error into a 503.
+fn tower_layers() -> impl tower::Layer<
+    axum::routing::Route,
+    Service: tower::Service<
+        axum::extract::Request,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+                 + Send
+                 + Sync
+                 + 'static,
+> + Clone {
+    ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+            StatusCode::SERVICE_UNAVAILABLE
+        }))
+        .load_shed()
+        .concurrency_limit(CAPACITY)
+}
+
+/// What one load point measured.
+struct Outcome {
+    offered: f64,
+    ok: Vec<Duration>,
+    refused: usize,
+    failed: usize,
+    seconds: f64,
+}
+
+async fn load(address: SocketAddr, rate: f64, seconds: f64) -> Outcome {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(4096)
+        .build_http();
+    let uri: http::Uri = format!("http://{address}/work")
+        .parse()
+        .expect("a valid URI");
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a small positive count"
+    )]
+    let total = (rate * seconds) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let start = Instant::now() + Duration::from_millis(50);
+    let mut tasks = tokio::task::JoinSet::new();
+    for sent in 0..total {
+        let due = start + interval.mul_f64(sent as f64);
+        tokio::time::sleep_until(due).await;
+        let (client, uri) = (client.clone(), uri.clone());
+        tasks.spawn(async move {
+            let request = Request::get(uri)
+                .body(Empty::new())
+                .expect("a valid request");
+            let answer = tokio::time::timeout(DEADLINE, async {
+                let response = client.request(request).await.ok()?;
+                let status = response.status();
+                response.into_body().collect().await.ok()?;
+                Some(status)
+            })
+            .await;
+            (answer.ok().flatten(), due.elapsed())
+        });
+    }
+    let mut outcome = Outcome {
+        offered: rate,
+        ok: Vec::new(),
+        refused: 0,
+        failed: 0,
+        seconds,
+    };
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok((Some(StatusCode::OK), latency)) if latency <= DEADLINE => outcome.ok.push(latency),
+            Ok((Some(StatusCode::SERVICE_UNAVAILABLE), _)) => outcome.refused += 1,
+            _ => outcome.failed += 1,
+        }
+    }
+    outcome.ok.sort();
+    outcome
+}
+
+fn percentile(sorted: &[Duration], share: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "an index into the slice"
+    )]
+    let index = ((sorted.len() - 1) as f64 * share).round() as usize;
+    sorted[index]
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let seconds: f64 = std::env::args().nth(1).map_or(Ok(3.0), |arg| arg.parse())?;
+    // A 10 ms sleep takes longer (tokio's timer ticks in whole milliseconds): measure the
+    // real service time, so capacity and goodput shares are true.
+    let calibration = Instant::now();
+    for _ in 0..50 {
+        tokio::time::sleep(SERVICE_TIME).await;
+    }
+    let service_time = calibration.elapsed() / 50;
+    let capacity = CAPACITY as f64 / service_time.as_secs_f64();
+    println!(
+        "capacity {capacity:.0}/s ({CAPACITY} at a time, {SERVICE_TIME:?} of work measured as \
+         {service_time:.1?}); {seconds} s per point; deadline {DEADLINE:?}"
+    );
+    println!(
+        "{:<34} {:>5} {:>9} {:>14} {:>10} {:>10} {:>9} {:>9}",
+        "protection", "load", "offered/s", "goodput/s", "refused/s", "failed/s", "p50", "p99"
+    );
+    let protections = [
+        Protection::None,
+        Protection::TowerRouteLayer,
+        Protection::TowerOutside,
+        Protection::Floodgate,
+        Protection::FloodgateAbove,
+    ];
+    for protection in protections {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let address = listener.local_addr()?;
+        let app = app(protection)?;
+        let server = if let Protection::TowerOutside = protection {
+            let service = ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }))
+                .load_shed()
+                .concurrency_limit(CAPACITY)
+                .service(app);
+            tokio::spawn(
+                axum::serve(
+                    listener,
+                    axum::ServiceExt::<axum::extract::Request>::into_make_service(service),
+                )
+                .into_future(),
+            )
+        } else {
+            tokio::spawn(axum::serve(listener, app).into_future())
+        };
+        for factor in [0.5, 1.0, 2.0, 4.0] {
+            let outcome = load(address, capacity * factor, seconds).await;
+            let goodput = outcome.ok.len() as f64 / outcome.seconds;
+            println!(
+                "{:<34} {:>4.1}x {:>9.0} {:>8.0} ({:>3.0}%) {:>10.0} {:>10.0} {:>9.1?} {:>9.1?}",
+                protection.name(),
+                factor,
+                outcome.offered,
+                goodput,
+                100.0 * goodput / capacity,
+                outcome.refused as f64 / outcome.seconds,
+                outcome.failed as f64 / outcome.seconds,
+                percentile(&outcome.ok, 0.5),
+                percentile(&outcome.ok, 0.99),
+            );
+            // Let the last point's stragglers finish before the next starts.
+            tokio::time::sleep(DEADLINE).await;
+        }
+        server.abort();
+    }
+    Ok(())
+}
