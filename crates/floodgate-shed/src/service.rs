@@ -48,28 +48,18 @@ impl<S, E: KeyExtractor> ConcurrencyLimit<S, E> {
     pub fn into_inner(self) -> S {
         self.inner
     }
-
-    fn refuse<B, F>(&self, reason: Reason) -> ResponseFuture<S, B, E>
-    where
-        S: Service<Request<B>, Future = F>,
-    {
-        let detail = match reason {
-            Reason::QueueTimeout => "the server is at capacity and the request waited too long",
-            _ => "the server is at capacity; try again shortly",
-        };
-        rejected(&self.shared, reason, detail)
-    }
 }
 
-fn rejected<S, B, E>(
-    shared: &Shared<E>,
-    reason: Reason,
-    detail: &'static str,
-) -> ResponseFuture<S, B, E>
+fn rejected<S, B, E>(shared: &Shared<E>, reason: Reason) -> ResponseFuture<S, B, E>
 where
     S: Service<Request<B>>,
     E: KeyExtractor,
 {
+    let detail = if reason == Reason::QueueTimeout {
+        "the server is at capacity and the request waited too long"
+    } else {
+        "the server is at capacity; try again shortly"
+    };
     tracing::debug!(target: "floodgate::shed", reason = reason.as_str(), "refused");
     metrics::counter!(SHED_REJECTED_TOTAL.name, LABEL_REASON => reason.as_str()).increment(1);
     // A refused client should come back after about the longest a request waits.
@@ -144,7 +134,7 @@ where
         let slot = self.shared.slots.get(&key);
         let semaphore = Arc::clone(&slot.semaphore);
         let slots: Arc<dyn SlotTable<E::Key>> = self.shared.slots.clone();
-        let hold = SlotRef { slots, key, slot };
+        let hold = SlotRef::new(slots, key, slot);
         if let Ok(permit) = Arc::clone(&semaphore).try_acquire_owned() {
             let permit = Some(Permit::new(permit, hold));
             return ResponseFuture {
@@ -155,9 +145,10 @@ where
             };
         }
         let Ok(ticket) = QueueTicket::take(hold, self.shared.max_queue) else {
-            return self.refuse(Reason::QueueFull);
+            return rejected(&self.shared, Reason::QueueFull);
         };
-        // tokio's semaphore serves waiters first come, first served.
+        // tokio's semaphore serves waiters first come, first served, from when each first
+        // polls its acquire (here, on the future's first poll).
         let queued = Queued {
             acquire: Box::pin(semaphore.acquire_owned()),
             deadline: Box::pin(tokio::time::sleep(self.shared.max_queue_time)),
@@ -229,8 +220,10 @@ where
         loop {
             let next = match state.as_mut().project() {
                 StateProjection::Called { future, permit } => {
-                    let response = ready!(future.poll(cx))?;
+                    let response = ready!(future.poll(cx));
+                    // The request is over on an error too: the slot goes back now.
                     let permit = permit.take();
+                    let response = response?;
                     return Poll::Ready(Ok(
                         response.map(|body| LimitBody::new(ResponseBody::inner(body), permit))
                     ));
@@ -247,30 +240,31 @@ where
                     let queued = &mut **queued;
                     if queued.permit.is_none() {
                         match queued.acquire.as_mut().poll(cx) {
-                            Poll::Ready(Ok(permit)) => {
+                            Poll::Ready(granted) => {
+                                let permit = granted
+                                    .expect("the semaphore is never closed while the layer exists");
                                 let ticket = queued
                                     .ticket
                                     .take()
                                     .expect("a queued request is admitted once");
                                 queued.permit = Some(ticket.admit(permit));
+                                tracing::debug!(target: "floodgate::shed", "admitted from the queue");
                                 metrics::counter!(SHED_QUEUED_TOTAL.name).increment(1);
                             }
-                            // The semaphore is never closed while the layer exists.
-                            Poll::Ready(Err(_)) | Poll::Pending => {
+                            Poll::Pending => {
                                 ready!(queued.deadline.as_mut().poll(cx));
                                 // Leave the queue before answering: the ticket goes now.
                                 queued.ticket = None;
-                                let detail =
-                                    "the server is at capacity and the request waited too long";
                                 break 'queued rejected::<S, B, E>(
                                     &queued.shared,
                                     Reason::QueueTimeout,
-                                    detail,
                                 )
                                 .state;
                             }
                         }
                     }
+                    // Readiness is asked for only now, holding a slot; an error ends the
+                    // request and gives the slot back with the future.
                     ready!(queued.service.poll_ready(cx))?;
                     let request = queued
                         .request

@@ -86,13 +86,17 @@ impl<K: Key> Slots<K> {
         }
     }
 
-    /// Drops the entry of `key` if `slot` is its last user besides the table.
-    fn release(&self, key: &K, slot: &Arc<Slot>) {
+    /// Gives back a user's reference to the slot of `key`, and drops the entry if that was
+    /// the last user.
+    fn release(&self, key: &K, slot: Arc<Slot>) {
         let Some(table) = self.shard(key) else { return };
         let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
         // The table holds one reference and the caller one: nobody else is in flight or
-        // queued (new users take theirs under this lock).
-        if Arc::strong_count(slot) == 2 && slot.queued.load(Ordering::Relaxed) == 0 {
+        // queued. New users take theirs under this lock, and the caller's goes under it
+        // too, so two users releasing at once cannot both see the other still there.
+        let last = Arc::strong_count(&slot) == 2;
+        drop(slot);
+        if last {
             table.remove(key);
         }
     }
@@ -111,25 +115,44 @@ impl<K: Key> Slots<K> {
 
 /// A request's hold on its slot; the last holder of a per-key slot removes the entry.
 pub(crate) struct SlotRef<K: Key> {
-    pub(crate) slots: Arc<dyn SlotTable<K>>,
-    pub(crate) key: K,
-    pub(crate) slot: Arc<Slot>,
+    slots: Arc<dyn SlotTable<K>>,
+    key: K,
+    /// `None` only while being given back.
+    slot: Option<Arc<Slot>>,
+}
+
+impl<K: Key> SlotRef<K> {
+    pub(crate) fn new(slots: Arc<dyn SlotTable<K>>, key: K, slot: Arc<Slot>) -> Self {
+        Self {
+            slots,
+            key,
+            slot: Some(slot),
+        }
+    }
+
+    pub(crate) fn slot(&self) -> &Slot {
+        self.slot
+            .as_ref()
+            .expect("a slot reference holds its slot until dropped")
+    }
 }
 
 /// The table a [`SlotRef`] goes back to.
 pub(crate) trait SlotTable<K>: Send + Sync {
-    fn release(&self, key: &K, slot: &Arc<Slot>);
+    fn release(&self, key: &K, slot: Arc<Slot>);
 }
 
 impl<K: Key> SlotTable<K> for Slots<K> {
-    fn release(&self, key: &K, slot: &Arc<Slot>) {
+    fn release(&self, key: &K, slot: Arc<Slot>) {
         Slots::release(self, key, slot);
     }
 }
 
 impl<K: Key> Drop for SlotRef<K> {
     fn drop(&mut self) {
-        self.slots.release(&self.key, &self.slot);
+        if let Some(slot) = self.slot.take() {
+            self.slots.release(&self.key, slot);
+        }
     }
 }
 
@@ -158,7 +181,7 @@ impl<K: Key> QueueTicket<K> {
     /// A place in the queue of `slot`, if fewer than `max` wait.
     pub(crate) fn take(slot: SlotRef<K>, max: usize) -> Result<Self, SlotRef<K>> {
         let taken = slot
-            .slot
+            .slot()
             .queued
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
                 (queued < max).then_some(queued + 1)
@@ -174,7 +197,7 @@ impl<K: Key> QueueTicket<K> {
     /// Leaves the queue with `permit`, keeping the hold on the slot.
     pub(crate) fn admit(mut self, permit: OwnedSemaphorePermit) -> Permit<K> {
         let slot = self.slot.take().expect("a ticket is admitted once");
-        slot.slot.queued.fetch_sub(1, Ordering::Relaxed);
+        slot.slot().queued.fetch_sub(1, Ordering::Relaxed);
         Permit::new(permit, slot)
     }
 }
@@ -182,7 +205,7 @@ impl<K: Key> QueueTicket<K> {
 impl<K: Key> Drop for QueueTicket<K> {
     fn drop(&mut self) {
         if let Some(slot) = &self.slot {
-            slot.slot.queued.fetch_sub(1, Ordering::Relaxed);
+            slot.slot().queued.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

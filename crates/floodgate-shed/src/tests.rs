@@ -330,3 +330,31 @@ fn a_limit_of_zero_is_refused() {
         Some(crate::ConfigError::NoSlots)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_released_at_once_on_several_threads_leave_no_entry() {
+    let layer = ConcurrencyLimitLayer::builder(1_000)
+        .per_key(ClientIp::new())
+        .build()
+        .expect("valid");
+    let service = layer.layer(tower::service_fn(|_: Request<()>| async {
+        tokio::task::yield_now().await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    }));
+    let tasks: Vec<_> = (0..20_000_u32)
+        .map(|i| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let ip = [10, 0, 0, u8::try_from(i % 8).unwrap_or(0)];
+                service
+                    .oneshot(from(ip))
+                    .await
+                    .map(|response| response.status())
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("no panic"), Ok(StatusCode::OK));
+    }
+    assert_eq!(layer.active_keys(), 0);
+}
