@@ -12,12 +12,13 @@
 //!
 //! Run: `cargo bench --bench compression --features compression`.
 
+mod support;
+
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::task::{Context, Poll, Waker};
+use support::ready;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -56,18 +57,6 @@ fn json(size: usize) -> Bytes {
     Bytes::from(text)
 }
 
-/// Polls a future that completes without waiting (every service here does).
-fn now<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the benchmarked services answer without waiting"),
-    }
-}
-
 /// Drains a body that never waits, returning how many bytes it sent.
 fn drain<B: Body + Unpin>(mut body: B) -> usize {
     let mut sent = 0;
@@ -101,7 +90,7 @@ where
     B: Body + Unpin,
 {
     drain(
-        now(service.call(request()))
+        ready(service.call(request()))
             .expect("the service answers")
             .into_body(),
     )

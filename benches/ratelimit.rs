@@ -17,15 +17,15 @@
 //!
 //! Run: `cargo bench --bench ratelimit`.
 
+mod support;
+
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
-use std::pin::pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+use support::ready;
 
 use axum::body::Body;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -163,18 +163,6 @@ fn keyed(c: &mut Criterion) {
         }
     }
     group.finish();
-}
-
-/// Polls a future that is ready at once (every service here answers without waiting).
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the benchmarked services answer without waiting"),
-    }
 }
 
 fn request() -> Request<Body> {
