@@ -1,0 +1,229 @@
+//! The items service, as a library the binary and the tests share: its settings, the
+//! composition of every layer around the API, and serving with graceful shutdown.
+
+mod api;
+mod problem;
+mod storage;
+mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::State;
+use axum::http::{HeaderName, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use clap::Parser;
+use floodgate::key::{ClientIp, Header, IpCidr, OnKeyError};
+use floodgate_compression::{CompressionLayer, RequestDecompressionLayer};
+use floodgate_ratelimit::{Policy, Quota, RateLimitLayer};
+use floodgate_shed::ConcurrencyLimitLayer;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub(crate) use storage::Store;
+pub(crate) use telemetry::Telemetry;
+
+/// Every knob of the service, from flags or the environment. The defaults serve a laptop.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "items_service",
+    about = "The items API behind every floodgate layer."
+)]
+pub(crate) struct Settings {
+    /// Address to listen on.
+    #[arg(long, env = "BIND", default_value = "127.0.0.1:8000")]
+    pub(crate) bind: SocketAddr,
+    /// Database URL: a SQLite file (created if missing) or `sqlite::memory:`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://items.db")]
+    pub(crate) database_url: String,
+    /// Database connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
+    pub(crate) database_max_connections: u32,
+    /// Tokio worker threads (the answer to `gunicorn -w`); default: one per core.
+    #[arg(long, env = "WORKERS")]
+    pub(crate) workers: Option<usize>,
+    /// Requests per second each client IP may sustain.
+    #[arg(long, env = "IP_RATE_PER_SECOND", default_value_t = 100)]
+    pub(crate) ip_rate_per_second: u32,
+    /// Requests a client IP may send at once on top of its rate.
+    #[arg(long, env = "IP_BURST", default_value_t = 200)]
+    pub(crate) ip_burst: u32,
+    /// Proxy networks whose `X-Forwarded-For` is believed (CIDR, repeatable), such as the
+    /// gateway in front of the replicas.
+    #[arg(long = "trust-proxy", env = "TRUST_PROXIES", value_delimiter = ',')]
+    pub(crate) trust_proxies: Vec<IpCidr>,
+    /// Writes (POST, PUT, DELETE) a minute per API key (`x-api-key`); writes without a key
+    /// are limited by IP only.
+    #[arg(long, env = "WRITES_PER_MINUTE_PER_KEY", default_value_t = 60)]
+    pub(crate) writes_per_minute_per_key: u32,
+    /// Requests handled at once; more wait in the queue.
+    #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 64)]
+    pub(crate) max_in_flight: usize,
+    /// Requests that may wait for a slot; more get 503 at once.
+    #[arg(long, env = "MAX_QUEUE", default_value_t = 128)]
+    pub(crate) max_queue: usize,
+    /// Longest wait for a slot, in milliseconds, before a 503.
+    #[arg(long, env = "MAX_QUEUE_MS", default_value_t = 500)]
+    pub(crate) max_queue_ms: u64,
+    /// Longest time a request may take, in milliseconds, before a 503.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub(crate) request_timeout_ms: u64,
+    /// Largest request body, in bytes, before and after decompression.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub(crate) max_body_bytes: usize,
+    /// gzip level of responses, 1 (fast) to 9 (small).
+    #[arg(long, env = "GZIP_LEVEL", default_value_t = 2)]
+    pub(crate) gzip_level: u32,
+    /// How long in-flight requests may finish after Ctrl-C or SIGTERM, in milliseconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub(crate) shutdown_grace_ms: u64,
+}
+
+/// An error to report and stop on: a setting a layer refused, a database that cannot open.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The whole service: the API behind every layer, with `/health` and `/metrics` beside it.
+///
+/// Read from the outside in, a request meets:
+/// 1. a request id (`x-request-id`, made unless the client sent one, echoed back) and a
+///    tracing span that carries it;
+/// 2. panic catching (500 problem) and a request timeout (503);
+/// 3. the rate limits: per client IP (token bucket), and per API key on writes (sliding
+///    window): the seeds' NGINX `limit_req` plus fastapi-limiter;
+/// 4. the concurrency limit with its bounded queue (503 past it);
+/// 5. gzip of responses, and decoding of compressed uploads, both with size limits;
+/// 6. the body limit, then the handlers and the database.
+///
+/// `/health` and `/metrics` sit outside the limits (steps 3–6), so an overloaded or
+/// limited service still answers its probes.
+pub(crate) fn app(
+    settings: &Settings,
+    store: Store,
+    telemetry: Telemetry,
+) -> Result<Router, BoxError> {
+    let client_ip = ClientIp::new();
+    let client_ip = settings
+        .trust_proxies
+        .iter()
+        .fold(client_ip, |client_ip, network| {
+            client_ip.trust_proxy(*network)
+        });
+    let rate_limits = RateLimitLayer::builder()
+        .policy(Policy::token_bucket(
+            "per-ip",
+            client_ip,
+            Quota::per_second(settings.ip_rate_per_second).burst(settings.ip_burst),
+        ))
+        .policy(
+            Policy::sliding_window(
+                "writes-per-key",
+                Header::new(HeaderName::from_static("x-api-key")),
+                Quota::per_minute(settings.writes_per_minute_per_key),
+            )
+            .methods([Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+            .on_key_error(OnKeyError::Unlimited),
+        )
+        .build()
+        .map_err(|error| format!("rate limit settings: {error}"))?;
+    let concurrency = ConcurrencyLimitLayer::builder(settings.max_in_flight)
+        .max_queue(settings.max_queue)
+        .max_queue_time(Duration::from_millis(settings.max_queue_ms))
+        .build()
+        .map_err(|error| format!("concurrency limit settings: {error}"))?;
+    let compression = CompressionLayer::new()
+        .level(settings.gzip_level)
+        .map_err(|error| format!("--gzip-level: {error}"))?;
+    let decompression = RequestDecompressionLayer::new()
+        .max_decoded_bytes(settings.max_body_bytes)
+        .max_encoded_bytes(settings.max_body_bytes);
+
+    let api = Router::new()
+        .route("/items", get(api::list).post(api::create))
+        .route(
+            "/items/{id}",
+            get(api::get).put(api::replace).delete(api::delete),
+        )
+        .fallback(api::no_route)
+        .with_state(store.clone())
+        // Layers added later wrap the ones before: the last `.layer` is the outermost.
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(decompression)
+        .layer(compression)
+        .layer(concurrency)
+        .layer(rate_limits);
+
+    let probes = Router::new()
+        .route("/health", get(health))
+        .with_state(store)
+        .route("/metrics", get(move || async move { telemetry.render() }));
+
+    Ok(probes
+        .merge(api)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(settings.request_timeout_ms),
+        ))
+        .layer(CatchPanicLayer::custom(telemetry::panic_response))
+        .layer(axum::middleware::from_fn(telemetry::record))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(telemetry::span_for))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid)))
+}
+
+/// `GET /health`: 200 when the database answers, 503 when it does not.
+async fn health(State(store): State<Store>) -> Response {
+    match store.ping().await {
+        Ok(()) => "ok".into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "health check: the database does not answer");
+            problem::problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The database does not answer.".to_owned(),
+                &[],
+            )
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and lets the
+/// requests in flight finish for up to `grace`. Returns when every connection is closed or
+/// the grace period is over, whichever comes first.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (started, stopping) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        let _ = started.send(());
+    });
+    let deadline = async move {
+        // Never fires unless shutdown began (a dropped sender means the server ended).
+        if stopping.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result,
+        () = deadline => {
+            tracing::warn!(?grace, "shutdown grace period over: dropping the requests still in flight");
+            Ok(())
+        }
+    }
+}
