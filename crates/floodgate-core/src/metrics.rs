@@ -131,6 +131,24 @@ pub const RATELIMIT_TRACKED_KEYS: Metric = Metric {
     help: "Keys a rate-limit policy tracks.",
 };
 
+/// Requests whose rate-limit store (Redis) failed to decide in time, by what the layer did:
+/// `fail_open` (admitted) or `fail_closed` (refused with 503).
+pub const RATELIMIT_STORE_ERRORS_TOTAL: Metric = Metric {
+    name: "floodgate_ratelimit_store_errors_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_OUTCOME],
+    help: "Rate-limit decisions the shared store failed to make in time, by outcome.",
+};
+
+/// Requests refused without asking the store, because the store had refused the same key
+/// moments before and its retry time has not passed.
+pub const RATELIMIT_LOCAL_REFUSALS_TOTAL: Metric = Metric {
+    name: "floodgate_ratelimit_local_refusals_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_POLICY],
+    help: "Requests refused locally while the store's last refusal of their key holds.",
+};
+
 /// Responses the compression layer saw, by outcome: `one_shot` and `stream` (compressed,
 /// by path), `identity` (eligible, but the client wanted no coding we offer), `skipped`
 /// (not worth compressing, or must not be).
@@ -177,6 +195,8 @@ pub const ALL: &[Metric] = &[
     RATELIMIT_OVERFLOW_TOTAL,
     RATELIMIT_SWEPT_KEYS_TOTAL,
     RATELIMIT_TRACKED_KEYS,
+    RATELIMIT_STORE_ERRORS_TOTAL,
+    RATELIMIT_LOCAL_REFUSALS_TOTAL,
     COMPRESSION_RESPONSES_TOTAL,
     DECOMPRESSION_REQUESTS_TOTAL,
     SHED_REJECTED_TOTAL,

@@ -59,6 +59,9 @@ pub enum Reason {
     QueueFull,
     /// The request waited in the queue for as long as it may (503).
     QueueTimeout,
+    /// A rate limit's shared store (Redis) could not decide, and the limit fails closed
+    /// (503).
+    StoreUnavailable,
 }
 
 impl Reason {
@@ -67,9 +70,10 @@ impl Reason {
         match self {
             Reason::KeyUnavailable | Reason::CostExceedsQuota => StatusCode::BAD_REQUEST,
             Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Reason::Overloaded | Reason::QueueFull | Reason::QueueTimeout => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Reason::Overloaded
+            | Reason::QueueFull
+            | Reason::QueueTimeout
+            | Reason::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Reason::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
@@ -86,6 +90,7 @@ impl Reason {
             Reason::PayloadTooLarge => "payload_too_large",
             Reason::QueueFull => "queue_full",
             Reason::QueueTimeout => "queue_timeout",
+            Reason::StoreUnavailable => "store_unavailable",
         }
     }
 }

@@ -173,6 +173,11 @@ impl<K: Key, S: State> Engine<K, S> {
         Ok(())
     }
 
+    /// The largest cost a request may have and ever be admitted.
+    pub(crate) fn max_cost(&self) -> u32 {
+        S::max_cost(&self.params())
+    }
+
     /// Charges `cost` to `key` at `now` if the quota allows it.
     pub(crate) fn acquire(&self, key: &K, now: u64, cost: u32) -> Outcome {
         let params = self.params();

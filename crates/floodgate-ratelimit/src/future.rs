@@ -15,7 +15,9 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
+use crate::consult::Consultation;
 use crate::limiter::{Fields, Limiter, Verdict};
+use crate::remote::{StoreError, StoreFuture};
 
 pin_project! {
     /// The response future of [`RateLimit`](crate::RateLimit): the inner service's response
@@ -37,14 +39,16 @@ pin_project! {
     {
         Called { #[pin] future: S::Future, fields: Option<Box<Fields>> },
         Rejected { response: Option<Box<Response<Bytes>>> },
-        // Boxed: only delayed requests pay for the timer and the request they hold.
-        Waiting { waiting: Box<Waiting<S, B>> },
+        // Boxed: only held requests pay for the timer and the request they hold.
+        Pending { pending: Box<Pending<S, B>> },
     }
 }
 
-/// A request held until its delay-mode policies admit it, then until its service is ready.
-struct Waiting<S, B> {
-    /// Boxed on its own: `Sleep` must not move once polled, and the state is moved.
+/// A request held by a delay-mode policy or waiting for the remote store's answer, then for
+/// its service to be ready.
+struct Pending<S, B> {
+    /// Until when the request is delayed, or the store's deadline. Boxed on its own:
+    /// `Sleep` must not move once polled, and the state is moved.
     sleep: Pin<Box<Sleep>>,
     /// A clone of the inner service, not yet polled: readiness is asked for only once the
     /// request is admitted, so nothing downstream is held while it waits.
@@ -52,10 +56,46 @@ struct Waiting<S, B> {
     request: Option<Request<B>>,
     limiter: Arc<Limiter>,
     since: Instant,
-    /// Whether the policies admitted the request.
-    admitted: bool,
-    /// The rate-limit fields for the response, once admitted.
-    fields: Option<Box<Fields>>,
+    step: Step,
+}
+
+enum Step {
+    /// Held until `sleep` fires, then checked again.
+    Delayed,
+    /// Waiting for the store's answer, at most until `sleep` fires.
+    Consulting {
+        answer: StoreFuture,
+        consultation: Box<Consultation>,
+    },
+    /// Admitted, with these fields for the response: waiting for the service.
+    Admitted(Option<Box<Fields>>),
+}
+
+impl<S, B> Pending<S, B> {
+    /// Moves on to what `verdict` says; a refusal is handed back.
+    fn apply(&mut self, verdict: Verdict) -> Result<(), Box<Response<Bytes>>> {
+        self.step = match verdict {
+            Verdict::Admit(fields) => Step::Admitted(fields),
+            Verdict::Reject(response) => return Err(response),
+            Verdict::Wait(wait) => {
+                self.sleep.as_mut().reset(Instant::now() + wait);
+                Step::Delayed
+            }
+            Verdict::Consult(mut consultation) => {
+                let remote = self
+                    .limiter
+                    .remote
+                    .as_ref()
+                    .expect("only a layer with a remote store consults one");
+                self.sleep.as_mut().reset(Instant::now() + remote.deadline);
+                Step::Consulting {
+                    answer: remote.ask(&mut consultation),
+                    consultation,
+                }
+            }
+        };
+        Ok(())
+    }
 }
 
 impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
@@ -73,26 +113,27 @@ impl<S: Service<Request<B>>, B> ResponseFuture<S, B> {
         }
     }
 
-    pub(crate) fn waiting(
+    /// A request to hold (`Verdict::Wait`) or to decide with the store (`Verdict::Consult`).
+    pub(crate) fn pending(
         service: S,
         request: Request<B>,
         limiter: Arc<Limiter>,
-        wait: Duration,
+        verdict: Verdict,
     ) -> Self {
         let since = Instant::now();
-        let waiting = Waiting {
-            sleep: Box::pin(tokio::time::sleep_until(since + wait)),
+        let mut pending = Box::new(Pending {
+            sleep: Box::pin(tokio::time::sleep_until(since)),
             service,
             request: Some(request),
             limiter,
             since,
-            admitted: false,
-            fields: None,
-        };
-        Self {
-            state: State::Waiting {
-                waiting: Box::new(waiting),
+            step: Step::Delayed,
+        });
+        match pending.apply(verdict) {
+            Ok(()) => Self {
+                state: State::Pending { pending },
             },
+            Err(response) => Self::rejected(response),
         }
     }
 }
@@ -107,7 +148,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
-        loop {
+        'states: loop {
             let next = match state.as_mut().project() {
                 StateProjection::Called { future, fields } => {
                     let mut response = ready!(future.poll(cx))?;
@@ -122,43 +163,57 @@ where
                         .expect("a ResponseFuture is not polled after it completed");
                     return Poll::Ready(Ok((*response).map(ResponseBody::full)));
                 }
-                StateProjection::Waiting { waiting } => {
-                    let waiting = &mut **waiting;
-                    if !waiting.admitted {
-                        ready!(waiting.sleep.as_mut().poll(cx));
-                        let request = waiting
-                            .request
-                            .as_ref()
-                            .expect("the request is held until it is admitted");
-                        match waiting
-                            .limiter
-                            .check(&RequestHead::new(request), waiting.since.elapsed())
-                        {
-                            Verdict::Admit(fields) => {
-                                waiting.admitted = true;
-                                waiting.fields = fields;
-                            }
-                            Verdict::Reject(response) => {
-                                state.set(State::Rejected {
-                                    response: Some(response),
-                                });
-                                continue;
-                            }
-                            Verdict::Wait(wait) => {
-                                waiting.sleep.as_mut().reset(Instant::now() + wait);
-                                continue;
-                            }
-                        }
-                    }
-                    ready!(waiting.service.poll_ready(cx))?;
-                    let request = waiting
+                StateProjection::Pending { pending } => 'pending: {
+                    let pending = &mut **pending;
+                    let request = pending
                         .request
-                        .take()
+                        .as_ref()
                         .expect("the request is held until it is admitted");
-                    let fields = waiting.fields.take();
-                    State::Called {
-                        future: waiting.service.call(request),
-                        fields,
+                    let verdict = match &mut pending.step {
+                        Step::Delayed => {
+                            ready!(pending.sleep.as_mut().poll(cx));
+                            pending
+                                .limiter
+                                .check(&RequestHead::new(request), pending.since.elapsed())
+                        }
+                        Step::Consulting {
+                            answer,
+                            consultation,
+                        } => {
+                            let answer = match answer.as_mut().poll(cx) {
+                                Poll::Ready(answer) => answer,
+                                Poll::Pending => {
+                                    ready!(pending.sleep.as_mut().poll(cx));
+                                    let deadline = pending
+                                        .limiter
+                                        .remote
+                                        .as_ref()
+                                        .map_or(Duration::ZERO, |remote| remote.deadline);
+                                    Err(StoreError::Timeout(deadline))
+                                }
+                            };
+                            pending
+                                .limiter
+                                .conclude(consultation, answer, pending.since.elapsed())
+                        }
+                        Step::Admitted(fields) => {
+                            ready!(pending.service.poll_ready(cx))?;
+                            let fields = fields.take();
+                            let request = pending
+                                .request
+                                .take()
+                                .expect("the request is held until it is admitted");
+                            break 'pending State::Called {
+                                future: pending.service.call(request),
+                                fields,
+                            };
+                        }
+                    };
+                    match pending.apply(verdict) {
+                        Ok(()) => continue 'states,
+                        Err(response) => State::Rejected {
+                            response: Some(response),
+                        },
                     }
                 }
             };
@@ -172,7 +227,7 @@ impl<S: Service<Request<B>>, B> fmt::Debug for ResponseFuture<S, B> {
         let state = match &self.state {
             State::Called { .. } => "called",
             State::Rejected { .. } => "rejected",
-            State::Waiting { .. } => "waiting",
+            State::Pending { .. } => "pending",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

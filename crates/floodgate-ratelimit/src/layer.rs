@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use floodgate_core::clock::Clock;
 use floodgate_core::header::is_token;
@@ -10,10 +11,12 @@ use floodgate_core::rejection::{ProblemJson, RenderRejection};
 use tower::Layer;
 
 use crate::algorithm::{Algorithm, Gcra, Window};
+use crate::consult::Remote;
 use crate::limit::{self, Limit};
 use crate::limiter::Limiter;
 use crate::policy::Policy;
 use crate::quota::{Quota, QuotaError};
+use crate::remote::{OnStoreError, RateLimitStore};
 use crate::service::RateLimit;
 
 /// The most policies one layer holds (one bit each in a per-request mask).
@@ -42,6 +45,9 @@ impl RateLimitLayer {
             policies: Vec::new(),
             renderer: Box::new(ProblemJson),
             clock: Clock::new(),
+            store: None,
+            store_deadline: RateLimitLayerBuilder::DEFAULT_STORE_DEADLINE,
+            on_store_error: OnStoreError::default(),
             error: None,
         }
     }
@@ -80,10 +86,48 @@ pub struct RateLimitLayerBuilder {
     policies: Vec<Arc<dyn Limit>>,
     renderer: Box<dyn RenderRejection>,
     clock: Clock,
+    store: Option<Arc<dyn RateLimitStore>>,
+    store_deadline: Duration,
+    on_store_error: OnStoreError,
     error: Option<ConfigError>,
 }
 
 impl RateLimitLayerBuilder {
+    /// How long a request waits for a remote store's decision unless set otherwise: on
+    /// loopback or in one data centre a Redis round trip takes well under a millisecond.
+    pub const DEFAULT_STORE_DEADLINE: Duration = Duration::from_millis(5);
+
+    /// Keeps every policy's counts in `store` (such as `floodgate-redis`'s `RedisStore`)
+    /// instead of this process's memory, so that every replica using the same store
+    /// enforces one quota together.
+    ///
+    /// Each request then costs one call to the store, for all its policies together, bounded
+    /// by [`store_deadline`](Self::store_deadline). While the store's refusal of a key
+    /// holds, further requests for that key (under [`Mode::Reject`](crate::Mode::Reject)
+    /// policies) are refused locally, without a call. The policies' in-memory options
+    /// ([`max_keys`](Policy::max_keys), sweeping) do not apply: the store expires idle keys.
+    pub fn store(mut self, store: impl RateLimitStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The longest a request waits for the store (default
+    /// [`DEFAULT_STORE_DEADLINE`](Self::DEFAULT_STORE_DEADLINE)); past it the store has
+    /// failed, and [`on_store_error`](Self::on_store_error) decides.
+    pub fn store_deadline(mut self, deadline: Duration) -> Self {
+        self.store_deadline = deadline;
+        self
+    }
+
+    /// What to do with a request when the store cannot decide in time: admit it (the
+    /// default) or refuse it with 503. Either way it is counted in
+    /// `floodgate_ratelimit_store_errors_total`, and the first failure of an outage is
+    /// logged at warning level.
+    pub fn on_store_error(mut self, on_store_error: OnStoreError) -> Self {
+        self.on_store_error = on_store_error;
+        self
+    }
+
     /// Adds a policy. A request is admitted only if every policy that applies to it admits
     /// it, and a policy that refuses leaves the others uncharged.
     pub fn policy<E: KeyExtractor>(mut self, policy: Policy<E>) -> Self {
@@ -144,11 +188,23 @@ impl RateLimitLayerBuilder {
         if self.policies.len() > MAX_POLICIES {
             return Err(ConfigError::TooManyPolicies(self.policies.len()));
         }
+        if self.store.is_some() && self.store_deadline.is_zero() {
+            return Err(ConfigError::StoreDeadline);
+        }
+        let remote = self.store.map(|store| {
+            Remote::new(
+                store,
+                self.store_deadline,
+                self.on_store_error,
+                self.policies.len(),
+            )
+        });
         Ok(RateLimitLayer {
             limiter: Arc::new(Limiter {
                 policies: self.policies.into(),
                 clock: self.clock,
                 renderer: self.renderer,
+                remote,
             }),
         })
     }
@@ -158,6 +214,7 @@ impl fmt::Debug for RateLimitLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayerBuilder")
             .field("policies", &self.policies)
+            .field("store", &self.store)
             .field("error", &self.error)
             .finish_non_exhaustive()
     }
@@ -239,6 +296,8 @@ pub enum ConfigError {
     NoKeys(String),
     /// A policy's sweep interval is zero.
     SweepInterval(String),
+    /// The store deadline is zero: no store could ever answer in time.
+    StoreDeadline,
     /// A policy's quota is not valid for its algorithm.
     Quota {
         /// The policy's name.
@@ -272,6 +331,9 @@ impl fmt::Display for ConfigError {
                     f,
                     "policy {name:?} has a zero sweep interval: use at least a millisecond"
                 )
+            }
+            ConfigError::StoreDeadline => {
+                f.write_str("the store deadline is zero: give the store at least a millisecond")
             }
             ConfigError::Quota { policy, error } => write!(f, "policy {policy:?}: {error}"),
         }

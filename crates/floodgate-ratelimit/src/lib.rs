@@ -70,6 +70,7 @@
 //!   at least 1, and remaining is never negative ([`HeaderStyle`]).
 
 mod algorithm;
+mod consult;
 mod engine;
 mod future;
 mod keyed;
@@ -78,6 +79,9 @@ mod limit;
 mod limiter;
 mod policy;
 mod quota;
+mod remote;
+#[cfg(test)]
+mod remote_tests;
 mod service;
 mod store;
 #[cfg(test)]
@@ -89,5 +93,6 @@ pub use keyed::{KeyedLimiter, Refusal};
 pub use layer::{ConfigError, PolicyHandle, RateLimitLayer, RateLimitLayerBuilder};
 pub use policy::{HeaderStyle, Mode, Policy};
 pub use quota::{Quota, QuotaError};
+pub use remote::{Check, OnStoreError, RateLimitStore, StoreDecision, StoreError, StoreFuture};
 pub use service::RateLimit;
 pub use store::OnFull;

@@ -8,10 +8,11 @@ use floodgate_core::clock::{Clock, duration_nanos};
 use floodgate_core::key::{KeyError, KeyExtractor, OnKeyError, RequestHead};
 use http::Method;
 
-use crate::algorithm::{Decision, State};
+use crate::algorithm::{Algorithm, Decision, State};
 use crate::engine::{Configured, Engine, EngineMetrics, Limits, Outcome};
 use crate::policy::{CostFn, HeaderStyle, Mode, Policy, Predicate};
 use crate::quota::{Quota, QuotaError};
+use crate::remote::Check;
 
 /// A policy with its key and state types erased, as the limiter holds it.
 pub(crate) trait Limit: Send + Sync + fmt::Debug {
@@ -22,6 +23,9 @@ pub(crate) trait Limit: Send + Sync + fmt::Debug {
     fn set_quota(&self, quota: Quota) -> Result<(), QuotaError>;
     /// Checks the request and charges it if it fits.
     fn evaluate(&self, request: &RequestHead<'_>, now: u64) -> Evaluation;
+    /// What to ask a remote store about the request; `Err` when there is nothing to ask
+    /// (`Skip`, `NoKey` or `TooCostly`).
+    fn plan(&self, request: &RequestHead<'_>) -> Result<Check, Evaluation>;
     /// Gives back what [`evaluate`](Limit::evaluate) charged for this request.
     fn refund(&self, request: &RequestHead<'_>, now: u64);
     fn tracked_keys(&self) -> usize;
@@ -47,6 +51,9 @@ pub(crate) enum Evaluation {
 }
 
 struct Runtime<E: KeyExtractor, S: State> {
+    /// The policy's name, shared with every remote check rather than copied into each.
+    name: Arc<str>,
+    algorithm: Algorithm,
     extractor: E,
     methods: Option<Vec<Method>>,
     path_prefix: Option<String>,
@@ -68,8 +75,11 @@ pub(crate) fn build<E: KeyExtractor, S: State>(
         on_full: policy.on_full,
         sweep_interval: policy.sweep_interval,
     };
+    let name = Arc::from(policy.name.as_str());
     let engine = Engine::new(policy.name, policy.quota, limits, clock)?;
     Ok(Arc::new(Runtime::<E, S> {
+        name,
+        algorithm: policy.algorithm,
         extractor: policy.extractor,
         methods: policy.methods,
         path_prefix: policy.path_prefix,
@@ -109,6 +119,24 @@ impl<E: KeyExtractor, S: State> Runtime<E, S> {
     fn cost_of(&self, request: &RequestHead<'_>) -> u32 {
         self.cost.as_ref().map_or(1, |cost| cost(request))
     }
+
+    /// The key and cost of a request the policy counts, or why it counts nothing.
+    fn key_and_cost(&self, request: &RequestHead<'_>) -> Result<(E::Key, u32), Evaluation> {
+        if !self.applies(request) {
+            return Err(Evaluation::Skip);
+        }
+        let key = self.extractor.extract(request).map_err(|error| {
+            floodgate_core::metrics::key_error(&error);
+            match self.on_key_error {
+                OnKeyError::Unlimited => Evaluation::Skip,
+                _ => Evaluation::NoKey(error),
+            }
+        })?;
+        match self.cost_of(request) {
+            0 => Err(Evaluation::Skip),
+            cost => Ok((key, cost)),
+        }
+    }
 }
 
 impl<E: KeyExtractor, S: State> Limit for Runtime<E, S> {
@@ -133,28 +161,37 @@ impl<E: KeyExtractor, S: State> Limit for Runtime<E, S> {
     }
 
     fn evaluate(&self, request: &RequestHead<'_>, now: u64) -> Evaluation {
-        if !self.applies(request) {
-            return Evaluation::Skip;
-        }
-        let key = match self.extractor.extract(request) {
-            Ok(key) => key,
-            Err(error) => {
-                floodgate_core::metrics::key_error(&error);
-                return match self.on_key_error {
-                    OnKeyError::Unlimited => Evaluation::Skip,
-                    _ => Evaluation::NoKey(error),
-                };
-            }
+        let (key, cost) = match self.key_and_cost(request) {
+            Ok(counted) => counted,
+            Err(evaluation) => return evaluation,
         };
-        let cost = self.cost_of(request);
-        if cost == 0 {
-            return Evaluation::Skip;
-        }
         match self.engine.acquire(&key, now, cost) {
             Outcome::Decided(decision) => Evaluation::Decided(decision),
             Outcome::TooCostly { max } => Evaluation::TooCostly { cost, max },
             Outcome::Full => Evaluation::Full,
         }
+    }
+
+    fn plan(&self, request: &RequestHead<'_>) -> Result<Check, Evaluation> {
+        let (key, cost) = self.key_and_cost(request)?;
+        let max = self.engine.max_cost();
+        if cost > max {
+            return Err(Evaluation::TooCostly { cost, max });
+        }
+        // Debug text is unambiguous for every key type (strings are quoted and escaped,
+        // pairs are parenthesised), so two keys never share a store entry.
+        let check = Check::new(
+            Arc::clone(&self.name),
+            format!("{key:?}"),
+            self.algorithm,
+            self.engine.configured().quota,
+            cost,
+        );
+        Ok(if self.mode == Mode::DryRun {
+            check.dry_run()
+        } else {
+            check
+        })
     }
 
     fn refund(&self, request: &RequestHead<'_>, now: u64) {

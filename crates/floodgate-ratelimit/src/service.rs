@@ -84,11 +84,11 @@ where
         {
             Verdict::Admit(fields) => ResponseFuture::called(self.inner.call(request), fields),
             Verdict::Reject(response) => ResponseFuture::rejected(response),
-            Verdict::Wait(wait) => {
+            verdict @ (Verdict::Wait(_) | Verdict::Consult(_)) => {
                 // A fresh clone waits and asks for readiness once admitted; the ready one
                 // stays here for the next call.
                 let waiting = self.inner.clone();
-                ResponseFuture::waiting(waiting, request, Arc::clone(&self.limiter), wait)
+                ResponseFuture::pending(waiting, request, Arc::clone(&self.limiter), verdict)
             }
         }
     }

@@ -14,10 +14,10 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::{HeaderStyle, Mode, OnFull, Policy, Quota, RateLimitLayer};
 
-type Body = http_body_util::Full<bytes::Bytes>;
+pub(crate) type Body = http_body_util::Full<bytes::Bytes>;
 
 /// A service that answers 200 and counts its calls.
-fn counting_service(
+pub(crate) fn counting_service(
     calls: Arc<AtomicUsize>,
 ) -> impl Service<Request<Body>, Response = Response<Body>, Error = Infallible, Future: Send>
 + Clone
@@ -29,11 +29,11 @@ fn counting_service(
     })
 }
 
-fn request_from(ip: [u8; 4]) -> Request<Body> {
+pub(crate) fn request_from(ip: [u8; 4]) -> Request<Body> {
     request(Method::GET, "/", ip)
 }
 
-fn request(method: Method, path: &str, ip: [u8; 4]) -> Request<Body> {
+pub(crate) fn request(method: Method, path: &str, ip: [u8; 4]) -> Request<Body> {
     let mut request = Request::builder()
         .method(method)
         .uri(path)
@@ -45,7 +45,7 @@ fn request(method: Method, path: &str, ip: [u8; 4]) -> Request<Body> {
     request
 }
 
-async fn status<S>(service: &mut S, request: Request<Body>) -> StatusCode
+pub(crate) async fn status<S>(service: &mut S, request: Request<Body>) -> StatusCode
 where
     S: Service<
             Request<Body>,
