@@ -36,6 +36,7 @@
 //! |---|---|---|
 //! | `axum` | yes | reading axum's `ConnectInfo` (peer address) and `MatchedPath` (`key::Route`) |
 //! | `ratelimit` | no | [`ratelimit`]: token-bucket and sliding-window rate limiting |
+//! | `redis` | no | [`redis`]: rate limits kept in Redis, one limit across replicas (turns on `ratelimit`) |
 //! | `compression` | no | [`compression`]: response compression (gzip) and bounded request decompression |
 //! | `compression-deflate`, `compression-br`, `compression-zstd` | no | those codings as well |
 //! | `shed` | no | [`shed`]: concurrency limits with a bounded queue |
@@ -54,6 +55,11 @@ pub use floodgate_compression as compression;
 #[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
 #[doc(inline)]
 pub use floodgate_ratelimit as ratelimit;
+
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[doc(inline)]
+pub use floodgate_redis as redis;
 
 #[cfg(feature = "shed")]
 #[cfg_attr(docsrs, doc(cfg(feature = "shed")))]
