@@ -1,6 +1,9 @@
 //! The items service example over real TCP: the API, its errors, the layers composed in
 //! front of it, durability across a restart and graceful shutdown.
 
+/// The Redis tests' harness, shared with floodgate-redis.
+#[path = "../crates/floodgate-redis/tests/support/mod.rs"]
+mod redis_support;
 #[allow(
     dead_code,
     reason = "the binary's entry point uses parts of the service these tests do not"
@@ -36,7 +39,16 @@ async fn start_with(settings: &Settings) -> (SocketAddr, Store) {
         .await
         .expect("the database opens");
     let telemetry = Telemetry::install().expect("the recorder installs");
-    let app = service::app(settings, store.clone(), telemetry).expect("valid settings");
+    let shared_limits = match &settings.redis_url {
+        Some(url) => Some(
+            floodgate_redis::RedisStore::connect(url)
+                .await
+                .expect("Redis is up"),
+        ),
+        None => None,
+    };
+    let app =
+        service::app(settings, store.clone(), telemetry, shared_limits).expect("valid settings");
     (support::serve(app).await, store)
 }
 
@@ -393,8 +405,13 @@ async fn shutdown_stops_accepting_and_returns() {
     let store = Store::open(&settings.database_url, 1)
         .await
         .expect("the database opens");
-    let app =
-        service::app(&settings, store, Telemetry::install().expect("recorder")).expect("valid");
+    let app = service::app(
+        &settings,
+        store,
+        Telemetry::install().expect("recorder"),
+        None,
+    )
+    .expect("valid");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port");
@@ -420,5 +437,37 @@ async fn shutdown_stops_accepting_and_returns() {
     assert!(
         tokio::net::TcpStream::connect(address).await.is_err(),
         "still accepting"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_on_one_redis_share_the_write_limit() {
+    let Some(redis) = redis_support::RedisServer::new() else {
+        return;
+    };
+    let url = redis.url();
+    let replica = || {
+        settings(&[
+            "--redis-url",
+            &url,
+            "--writes-per-minute-per-key",
+            "3",
+            "--redis-deadline-ms",
+            "500",
+        ])
+    };
+    let (first, _) = start_with(&replica()).await;
+    let (second, _) = start_with(&replica()).await;
+    let key = ("x-api-key", "shared-team");
+    let mut statuses = Vec::new();
+    for address in [first, second, first, second, first] {
+        let reply =
+            support::send_body(address, "POST", "/items", &[JSON, key], br#"{"name":"x"}"#).await;
+        statuses.push(reply.status);
+    }
+    assert_eq!(
+        statuses,
+        [201, 201, 201, 429, 429],
+        "one limit of 3 for both replicas"
     );
 }

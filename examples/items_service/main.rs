@@ -43,11 +43,16 @@ fn main() -> Result<(), service::BoxError> {
 async fn run(settings: Settings) -> Result<(), service::BoxError> {
     let telemetry = Telemetry::install()?;
     let store = Store::open(&settings.database_url, settings.database_max_connections).await?;
-    let app = service::app(&settings, store.clone(), telemetry)?;
+    let shared_limits = match &settings.redis_url {
+        Some(url) => Some(floodgate_redis::RedisStore::connect(url).await?),
+        None => None,
+    };
+    let app = service::app(&settings, store.clone(), telemetry, shared_limits)?;
     let listener = tokio::net::TcpListener::bind(settings.bind).await?;
     tracing::info!(
         address = %listener.local_addr()?,
         database = settings.database_url,
+        rate_limits = settings.redis_url.as_deref().unwrap_or("in memory"),
         "items service listening"
     );
     service::serve(

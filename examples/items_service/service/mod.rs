@@ -19,7 +19,8 @@ use axum::routing::get;
 use clap::Parser;
 use floodgate::key::{ClientIp, Header, IpCidr, OnKeyError};
 use floodgate_compression::{CompressionLayer, RequestDecompressionLayer};
-use floodgate_ratelimit::{Policy, Quota, RateLimitLayer};
+use floodgate_ratelimit::{OnStoreError, Policy, Quota, RateLimitLayer};
+use floodgate_redis::RedisStore;
 use floodgate_shed::ConcurrencyLimitLayer;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -63,6 +64,17 @@ pub(crate) struct Settings {
     /// are limited by IP only.
     #[arg(long, env = "WRITES_PER_MINUTE_PER_KEY", default_value_t = 60)]
     pub(crate) writes_per_minute_per_key: u32,
+    /// Keep the rate limits in this Redis (`redis://host:port`), shared by every replica
+    /// that uses it, instead of in this process.
+    #[arg(long, env = "REDIS_URL")]
+    pub(crate) redis_url: Option<String>,
+    /// Longest wait for Redis's decision, in milliseconds; past it the request is admitted
+    /// (or refused, with `--redis-fail-closed`).
+    #[arg(long, env = "REDIS_DEADLINE_MS", default_value_t = 5)]
+    pub(crate) redis_deadline_ms: u64,
+    /// Refuse requests with 503 while Redis cannot decide, instead of admitting them.
+    #[arg(long, env = "REDIS_FAIL_CLOSED")]
+    pub(crate) redis_fail_closed: bool,
     /// Requests handled at once; more wait in the queue.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 64)]
     pub(crate) max_in_flight: usize,
@@ -96,7 +108,8 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///    tracing span that carries it;
 /// 2. panic catching (500 problem) and a request timeout (503);
 /// 3. the rate limits: per client IP (token bucket), and per API key on writes (sliding
-///    window): the seeds' NGINX `limit_req` plus fastapi-limiter;
+///    window): the seeds' NGINX `limit_req` plus fastapi-limiter; in Redis when
+///    `shared_limits` is given, so that every replica enforces one limit together;
 /// 4. the concurrency limit with its bounded queue (503 past it);
 /// 5. gzip of responses, and decoding of compressed uploads, both with size limits;
 /// 6. the body limit, then the handlers and the database.
@@ -107,6 +120,7 @@ pub(crate) fn app(
     settings: &Settings,
     store: Store,
     telemetry: Telemetry,
+    shared_limits: Option<RedisStore>,
 ) -> Result<Router, BoxError> {
     let client_ip = ClientIp::new();
     let client_ip = settings
@@ -115,7 +129,18 @@ pub(crate) fn app(
         .fold(client_ip, |client_ip, network| {
             client_ip.trust_proxy(*network)
         });
-    let rate_limits = RateLimitLayer::builder()
+    let mut rate_limits = RateLimitLayer::builder();
+    if let Some(redis) = shared_limits {
+        rate_limits = rate_limits
+            .store(redis)
+            .store_deadline(Duration::from_millis(settings.redis_deadline_ms))
+            .on_store_error(if settings.redis_fail_closed {
+                OnStoreError::FailClosed
+            } else {
+                OnStoreError::FailOpen
+            });
+    }
+    let rate_limits = rate_limits
         .policy(Policy::token_bucket(
             "per-ip",
             client_ip,
