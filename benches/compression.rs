@@ -17,8 +17,7 @@ mod support;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::hint::black_box;
-use std::task::{Context, Poll, Waker};
-use support::ready;
+use support::{drain, ready};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -55,24 +54,6 @@ fn json(size: usize) -> Bytes {
     }
     text.truncate(size);
     Bytes::from(text)
-}
-
-/// Drains a body that never waits, returning how many bytes it sent.
-fn drain<B: Body + Unpin>(mut body: B) -> usize {
-    let mut sent = 0;
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        match std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    sent += bytes::Buf::remaining(data);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => panic!("the body failed"),
-            Poll::Ready(None) => return sent,
-            Poll::Pending => panic!("the body waited"),
-        }
-    }
 }
 
 fn request() -> Request<()> {

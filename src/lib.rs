@@ -37,6 +37,7 @@
 //! | `axum` | yes | reading axum's `ConnectInfo` (peer address) and `MatchedPath` (`key::Route`) |
 //! | `ratelimit` | no | [`ratelimit`]: token-bucket and sliding-window rate limiting |
 //! | `redis` | no | [`redis`]: rate limits kept in Redis, one limit across replicas (turns on `ratelimit`) |
+//! | `cache` | no | [`cache`]: an RFC 9111 shared response cache |
 //! | `compression` | no | [`compression`]: response compression (gzip) and bounded request decompression |
 //! | `compression-deflate`, `compression-br`, `compression-zstd` | no | those codings as well |
 //! | `shed` | no | [`shed`]: concurrency limits with a bounded queue |
@@ -45,6 +46,11 @@
 
 #[doc(inline)]
 pub use floodgate_core::{body, clock, encoding, header, key, metrics, rejection};
+
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+#[doc(inline)]
+pub use floodgate_cache as cache;
 
 #[cfg(feature = "compression")]
 #[cfg_attr(docsrs, doc(cfg(feature = "compression")))]

@@ -168,6 +168,57 @@ pub const DECOMPRESSION_REQUESTS_TOTAL: Metric = Metric {
     help: "Encoded request bodies the decompression layer saw, by outcome.",
 };
 
+/// Requests the response cache answered from a stored response (fresh, stale, or a 304
+/// built from one).
+pub const CACHE_HITS_TOTAL: Metric = Metric {
+    name: "floodgate_cache_hits_total",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "Requests the response cache answered from a stored response.",
+};
+
+/// Cacheable requests the response cache forwarded, by `outcome`: `stored` or
+/// `not_stored`.
+pub const CACHE_MISSES_TOTAL: Metric = Metric {
+    name: "floodgate_cache_misses_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_OUTCOME],
+    help: "Cacheable requests the response cache forwarded, by whether it stored the response.",
+};
+
+/// Stale responses served, by `outcome`: `stale_while_revalidate` or `stale_if_error`.
+pub const CACHE_STALE_TOTAL: Metric = Metric {
+    name: "floodgate_cache_stale_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_OUTCOME],
+    help: "Stale responses the response cache served, by why it could.",
+};
+
+/// Requests that waited for another request's identical miss instead of forwarding, by
+/// `outcome`: `served` (from what it stored) or `forwarded` (it could not be used).
+pub const CACHE_COALESCED_TOTAL: Metric = Metric {
+    name: "floodgate_cache_coalesced_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_OUTCOME],
+    help: "Requests that waited for an identical miss in flight, by what came of it.",
+};
+
+/// Bytes the response cache holds, by its weigher.
+pub const CACHE_STORED_BYTES: Metric = Metric {
+    name: "floodgate_cache_stored_bytes",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Bytes the response cache holds.",
+};
+
+/// Entries the response cache evicted to stay within its capacity.
+pub const CACHE_EVICTIONS_TOTAL: Metric = Metric {
+    name: "floodgate_cache_evictions_total",
+    kind: MetricKind::Counter,
+    labels: &[],
+    help: "Entries the response cache evicted to stay within its capacity.",
+};
+
 /// Requests a concurrency limit refused, by reason (`queue_full`, `queue_timeout`).
 pub const SHED_REJECTED_TOTAL: Metric = Metric {
     name: "floodgate_shed_rejected_total",
@@ -199,6 +250,12 @@ pub const ALL: &[Metric] = &[
     RATELIMIT_LOCAL_REFUSALS_TOTAL,
     COMPRESSION_RESPONSES_TOTAL,
     DECOMPRESSION_REQUESTS_TOTAL,
+    CACHE_HITS_TOTAL,
+    CACHE_MISSES_TOTAL,
+    CACHE_STALE_TOTAL,
+    CACHE_COALESCED_TOTAL,
+    CACHE_STORED_BYTES,
+    CACHE_EVICTIONS_TOTAL,
     SHED_REJECTED_TOTAL,
     SHED_QUEUED_TOTAL,
 ];

@@ -1,0 +1,95 @@
+//! The response cache's hit path, side by side with its floor and with what it saves.
+//!
+//! `cache_hit/floodgate_hit`: a GET answered from the cache through `CacheLayer`, request
+//! in, response with its `Age` and `Cache-Status` out. `cache_hit/moka_get`: a bare `moka`
+//! lookup of the same key, the floor under any moka-based cache. `cache_hit/uncached_handler`:
+//! what a hit saves, the handler building its 50-item JSON page with `serde_json`.
+//!
+//! Run: `cargo bench --bench cache`.
+
+mod support;
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use floodgate_cache::CacheLayer;
+use http::{Request, Response};
+use http_body_util::Full;
+use serde_json::json;
+use support::{drain, ready};
+use tower::{Layer, Service};
+
+const PATH: &str = "/items?limit=50";
+
+/// The handler's work: a page of 50 items serialised to JSON.
+fn page() -> Response<Full<Bytes>> {
+    let items: Vec<_> = (0..50)
+        .map(|id| {
+            json!({
+                "id": id,
+                "name": format!("item {id}"),
+                "description": "a fine item, in stock and ready to ship",
+                "price": 9.5 + f64::from(id),
+            })
+        })
+        .collect();
+    let body =
+        serde_json::to_vec(&json!({"items": items, "total": 1000, "limit": 50, "offset": 0}))
+            .expect("a JSON value serialises");
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("cache-control", "max-age=3600")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+fn request() -> Request<Full<Bytes>> {
+    Request::get(PATH)
+        .header("accept-encoding", "gzip")
+        .body(Full::default())
+        .expect("a valid request")
+}
+
+fn cache_hit(c: &mut Criterion) {
+    let mut group = c.benchmark_group("cache_hit");
+
+    let layer = CacheLayer::builder().build().expect("a valid cache");
+    let mut cached = layer.layer(tower::service_fn(|_: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(page())
+    }));
+    // The miss that stores the page: the body is read to its end.
+    let _ = drain(
+        ready(cached.call(request()))
+            .expect("infallible")
+            .into_body(),
+    );
+    let hit = ready(cached.call(request())).expect("infallible");
+    let status = hit.headers()["cache-status"].to_str().expect("ASCII");
+    assert!(
+        status.starts_with("floodgate; hit;"),
+        "the timed calls are hits: {status}"
+    );
+    group.bench_function("floodgate_hit", |b| {
+        b.iter_batched(
+            request,
+            |request| black_box(ready(cached.call(request))),
+            BatchSize::SmallInput,
+        );
+    });
+
+    let moka: moka::sync::Cache<Arc<str>, Arc<Bytes>> = moka::sync::Cache::new(10_000);
+    moka.insert(Arc::from(PATH), Arc::new(Bytes::from_static(b"page")));
+    let key: Arc<str> = Arc::from(PATH);
+    group.bench_function("moka_get", |b| {
+        b.iter(|| black_box(moka.get(black_box(&key))));
+    });
+
+    group.bench_function("uncached_handler", |b| b.iter(|| black_box(page())));
+    group.finish();
+}
+
+criterion_group!(benches, cache_hit);
+criterion_main!(benches);

@@ -1,0 +1,866 @@
+//! [`Cache`], the service [`CacheLayer`](crate::CacheLayer) makes: the lookup on every
+//! request, and what happens when it has to go to the inner service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use floodgate_core::metrics::{
+    CACHE_COALESCED_TOTAL, CACHE_MISSES_TOTAL, CACHE_STALE_TOTAL, LABEL_OUTCOME,
+};
+use http::header::{
+    AGE, AUTHORIZATION, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    IF_UNMODIFIED_SINCE, LOCATION,
+};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body::Body;
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::body::{CacheBody, Fill};
+use crate::directives::{RequestDirectives, ResponseDirectives};
+use crate::entry::{self, Entry, NotStored};
+use crate::flight::{self, FlightGuard, Role};
+use crate::freshness::{self, Timing};
+use crate::future::ResponseFuture;
+use crate::key::{self, PrimaryKey, Secondary, Vary};
+use crate::layer::Shared;
+use crate::status::{CACHE_STATUS, CacheStatus, Forward};
+
+/// Answers from the cache what it can and sends the rest to the inner service. Clones
+/// share the layer's cache.
+#[derive(Clone)]
+pub struct Cache<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> Cache<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Cache<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("inner", &self.inner)
+            .field("store", &self.shared.store)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Cache<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Send,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Send,
+{
+    type Response = Response<CacheBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResBody, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        match lookup(&self.shared, &request) {
+            Lookup::Serve(response) => ResponseFuture::ready(response),
+            Lookup::ServeAndRefresh(response, stale) => {
+                refresh_in_background(&self.shared, self.inner.clone(), &request, &stale);
+                ResponseFuture::ready(response)
+            }
+            Lookup::Forward(plan) => {
+                // A clone not yet polled: it asks for readiness only when it is its turn,
+                // so a follower waiting for another's miss holds nothing downstream.
+                let inner = self.inner.clone();
+                ResponseFuture::forward(Box::pin(forward(
+                    Arc::clone(&self.shared),
+                    inner,
+                    request,
+                    plan,
+                )))
+            }
+        }
+    }
+}
+
+/// What the lookup decided.
+enum Lookup<B> {
+    /// Answer with this (a hit, a 304, a 504 for `only-if-cached`).
+    Serve(Response<CacheBody<B>>),
+    /// Answer with this stale copy and refresh it in the background.
+    ServeAndRefresh(Response<CacheBody<B>>, Arc<Entry>),
+    /// Go to the inner service.
+    Forward(Plan),
+}
+
+/// A request the inner service must answer.
+enum Plan {
+    /// Not a method the cache answers; if unsafe, invalidate its URIs on success.
+    Pass { invalidates: bool },
+    /// A GET or HEAD the cache could not answer.
+    Fill {
+        key: PrimaryKey,
+        /// The stored variant, stale or not usable for this request.
+        stored: Option<Arc<Entry>>,
+        forward: Forward,
+        directives: RequestDirectives,
+    },
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn primary_key<B>(shared: &Shared, request: &Request<B>) -> PrimaryKey {
+    let host = shared
+        .settings
+        .key_by_host
+        .then(|| key::request_host(request.uri(), request.headers()))
+        .flatten();
+    PrimaryKey::new(request.uri(), host)
+}
+
+fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
+    let method = request.method();
+    if !(method == Method::GET || method == Method::HEAD) {
+        return Lookup::Forward(Plan::Pass {
+            invalidates: !is_safe(method),
+        });
+    }
+    let headers = request.headers();
+    let directives = RequestDirectives::parse(headers);
+    // Keyed by path alone, the lookup borrows the request's path: no key is built.
+    let host_key = shared
+        .settings
+        .key_by_host
+        .then(|| primary_key(shared, request));
+    let key = host_key
+        .as_ref()
+        .map_or_else(|| key::path_of(request.uri()), PrimaryKey::as_str);
+    let now = Instant::now();
+    let (stored, mut forward) = match shared.store.get(key) {
+        None => (None, Forward::UriMiss),
+        Some(resource) => {
+            let secondary = resource.vary.secondary(headers, &shared.settings.codings);
+            match resource.variant(&secondary) {
+                Some(entry) => (Some(Arc::clone(entry)), Forward::Stale),
+                None => (None, Forward::VaryMiss),
+            }
+        }
+    };
+    // §3.5: a request with credentials is answered only by a response that said it may be.
+    let stored = stored.filter(|entry| {
+        !headers.contains_key(AUTHORIZATION)
+            || entry::shareable_with_authorization(&entry.directives)
+    });
+    if let Some(entry) = &stored {
+        let left = entry.timing.fresh_for(now);
+        let age = entry.timing.age(now);
+        let fresh = left.is_fresh() && !entry.directives.no_cache;
+        if fresh {
+            let wanted = !directives.no_cache
+                && directives.max_age.is_none_or(|max| age <= max)
+                && directives.min_fresh.is_none_or(|min| left.magnitude >= min);
+            if wanted {
+                return Lookup::Serve(hit(
+                    shared,
+                    entry,
+                    request,
+                    CacheStatus::hit(left.seconds()),
+                    now,
+                ));
+            }
+            forward = Forward::Request;
+        } else if entry.directives.allows_stale() && !directives.no_cache {
+            let staleness = left.staleness();
+            // The client accepts this much staleness (§5.2.1.2).
+            if directives
+                .max_stale
+                .is_some_and(|max_stale| max_stale.accepts(staleness))
+            {
+                let status = CacheStatus {
+                    detail: Some("max-stale"),
+                    ..CacheStatus::hit(left.seconds())
+                };
+                return Lookup::Serve(hit(shared, entry, request, status, now));
+            }
+            let window = entry
+                .directives
+                .stale_while_revalidate
+                .unwrap_or(shared.settings.stale_while_revalidate);
+            if staleness < window && directives.max_age.is_none() && directives.min_fresh.is_none()
+            {
+                metrics::counter!(CACHE_STALE_TOTAL.name, LABEL_OUTCOME => "stale_while_revalidate")
+                    .increment(1);
+                let status = CacheStatus {
+                    detail: Some("stale-while-revalidate"),
+                    ..CacheStatus::hit(left.seconds())
+                };
+                return Lookup::ServeAndRefresh(
+                    hit(shared, entry, request, status, now),
+                    Arc::clone(entry),
+                );
+            }
+        }
+    }
+    if directives.only_if_cached {
+        // §5.2.1.7: nothing suitable is stored.
+        return Lookup::Serve(plain(StatusCode::GATEWAY_TIMEOUT));
+    }
+    Lookup::Forward(Plan::Fill {
+        key: match &host_key {
+            Some(host_key) => host_key.clone(),
+            None => PrimaryKey::from_path(key),
+        },
+        stored,
+        forward,
+        directives,
+    })
+}
+
+/// The response `entry` gives `request`: the stored one, or a 304 when the request's
+/// conditions say the client has it (RFC 9110 §13.2.2).
+fn hit<B, R>(
+    shared: &Shared,
+    entry: &Entry,
+    request: &Request<R>,
+    status: CacheStatus,
+    now: Instant,
+) -> Response<CacheBody<B>> {
+    shared.hits().increment(1);
+    tracing::debug!(target: "floodgate::cache", uri = %request.uri(), "hit");
+    let (status_code, mut headers, body) =
+        if entry.not_modified_for(request.method(), request.headers()) {
+            (StatusCode::NOT_MODIFIED, entry.not_modified_headers(), None)
+        } else {
+            let body = (request.method() != Method::HEAD).then(|| entry.body.clone());
+            (entry.status, entry.served.clone(), body)
+        };
+    // §4: a response reused without validation carries its current age.
+    headers.insert(AGE, HeaderValue::from(entry.timing.age(now).as_secs()));
+    // After the members of caches nearer the origin, as the origin sent them.
+    let cache_status = status.render(entry.headers.get(&CACHE_STATUS));
+    headers.insert(CACHE_STATUS.clone(), cache_status);
+    let mut response = Response::new(CacheBody::stored(body));
+    *response.status_mut() = status_code;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// A response the cache makes itself, with no body.
+fn plain<B>(status: StatusCode) -> Response<CacheBody<B>> {
+    let mut response = Response::new(CacheBody::stored(None));
+    *response.status_mut() = status;
+    response
+}
+
+/// Conditional fields a client may send, which the cache replaces with its own when it
+/// revalidates a stored response.
+const CONDITIONALS: [http::HeaderName; 5] = [
+    IF_MATCH,
+    IF_NONE_MATCH,
+    IF_MODIFIED_SINCE,
+    IF_UNMODIFIED_SINCE,
+    IF_RANGE,
+];
+
+async fn forward<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    inner: S,
+    request: Request<ReqBody>,
+    plan: Plan,
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S::Future: Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    match plan {
+        Plan::Pass { invalidates } => {
+            let uri = request.uri().clone();
+            let host = key::request_host(&uri, request.headers()).map(str::to_owned);
+            let mut response = inner.oneshot(request).await?;
+            let status = response.status();
+            // §4.4: a non-error response to an unsafe method invalidates its URIs.
+            if invalidates && (status.is_success() || status.is_redirection()) {
+                invalidate_after_write(&shared, &uri, host.as_deref(), response.headers());
+            }
+            CacheStatus::forwarded(Forward::Method).append_to(response.headers_mut());
+            Ok(response.map(CacheBody::inner))
+        }
+        Plan::Fill {
+            key,
+            stored,
+            forward,
+            directives,
+        } => fill(shared, inner, request, (key, stored, forward, directives)).await,
+    }
+}
+
+/// Drops the entries of a written URI and of the same-origin URIs its response names.
+fn invalidate_after_write(shared: &Shared, uri: &Uri, host: Option<&str>, headers: &HeaderMap) {
+    let key_host = shared.settings.key_by_host.then_some(host).flatten();
+    shared.store.invalidate(&PrimaryKey::new(uri, key_host));
+    for name in [LOCATION, CONTENT_LOCATION] {
+        let Some(target) = headers
+            .get(&name)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<Uri>().ok())
+        else {
+            continue;
+        };
+        // §4.4: only the same origin. A relative reference is; an absolute one must name
+        // the request's host.
+        let same_origin = match target.authority() {
+            None => true,
+            Some(authority) => {
+                host.is_some_and(|host| authority.as_str().eq_ignore_ascii_case(host))
+            }
+        };
+        if same_origin && target.path().starts_with('/') {
+            shared.store.invalidate(&PrimaryKey::new(&target, key_host));
+        }
+    }
+}
+
+async fn fill<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    inner: S,
+    request: Request<ReqBody>,
+    (key, stored, forward, directives): (
+        PrimaryKey,
+        Option<Arc<Entry>>,
+        Forward,
+        RequestDirectives,
+    ),
+) -> Result<Response<CacheBody<ResBody>>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S::Future: Send,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let head = request.method() == Method::HEAD;
+    // The head alone while waiting: the body need not be shared across threads.
+    let (parts, body) = request.into_parts();
+    let request = Request::from_parts(parts, ());
+    let mut collapsed = None;
+    let mut guard = None;
+    // HEAD only reads the cache, and a request that may not be stored has nothing to share.
+    if !head && !directives.no_store {
+        match coalesce(&shared, &key, &request).await {
+            Coalesced::Lead(leading) => guard = Some(leading),
+            Coalesced::Served(response) => return Ok(response),
+            Coalesced::Alone => collapsed = Some(false),
+        }
+    }
+
+    let (mut parts, ()) = request.into_parts();
+    let client = Client {
+        method: parts.method.clone(),
+        headers: parts.headers.clone(),
+    };
+    // Revalidate a stored response with its own validators (§4.3.1), not the client's.
+    let revalidating = stored
+        .as_ref()
+        .filter(|entry| entry.has_validator() && !head);
+    if let Some(entry) = revalidating {
+        ask_with_validators(&mut parts.headers, entry);
+    }
+    let started = shared.store.epoch();
+    let requested = Instant::now();
+    let result = inner.oneshot(Request::from_parts(parts, body)).await;
+    let received = Instant::now();
+
+    let stale_if_error = |entry: &&Arc<Entry>| stale_if_error_allows(&shared, entry, received);
+    let response = match result {
+        Ok(response) => response,
+        Err(error) => {
+            return match stored.as_ref().filter(stale_if_error) {
+                Some(entry) => Ok(serve_stale_on_error(
+                    &shared, entry, &client, None, received,
+                )),
+                None => Err(error),
+            };
+        }
+    };
+    let status = response.status();
+    if status.is_server_error()
+        && let Some(entry) = stored.as_ref().filter(stale_if_error)
+    {
+        return Ok(serve_stale_on_error(
+            &shared,
+            entry,
+            &client,
+            Some(status),
+            received,
+        ));
+    }
+
+    if status == StatusCode::NOT_MODIFIED
+        && let Some(entry) = revalidating
+    {
+        drop(guard);
+        let times = (started, requested, received);
+        return Ok(answer_revalidated(
+            &shared,
+            key,
+            entry,
+            response.headers(),
+            client,
+            times,
+        ));
+    }
+
+    let status_member = CacheStatus {
+        collapsed,
+        ..CacheStatus::forwarded(forward)
+    };
+    let admitted = if head {
+        Err(None)
+    } else if directives.no_store {
+        Err(Some(NotStored::RequestNoStore))
+    } else {
+        let (head, body) = (response.headers(), response.body());
+        admit(
+            &shared,
+            &client.headers,
+            status,
+            head,
+            body,
+            (requested, received),
+        )
+        .map_err(Some)
+    };
+    Ok(store_as_it_streams(
+        &shared,
+        key,
+        response,
+        admitted,
+        status_member,
+        (started, received),
+        guard,
+    ))
+}
+
+/// The inner service's response on its way to the client: copied into the cache as it
+/// streams when `admitted`, passed through otherwise. Either way with its `Cache-Status`.
+fn store_as_it_streams<B>(
+    shared: &Arc<Shared>,
+    key: PrimaryKey,
+    response: Response<B>,
+    admitted: Result<Admitted, Option<NotStored>>,
+    mut status_member: CacheStatus,
+    (started, received): (u64, Instant),
+    guard: Option<FlightGuard>,
+) -> Response<CacheBody<B>> {
+    let (parts, body) = response.into_parts();
+    let mut response = match admitted {
+        Ok(admitted) => {
+            status_member.stored = Some(true);
+            status_member.ttl = Some(admitted.timing.fresh_for(received).seconds());
+            let fill = admitted.into_fill(shared, key, &parts, started, guard);
+            Response::from_parts(parts, CacheBody::filling(body, fill))
+        }
+        Err(reason) => {
+            if let Some(reason) = reason {
+                status_member.stored = Some(false);
+                status_member.detail = Some(reason.detail());
+                metrics::counter!(CACHE_MISSES_TOTAL.name, LABEL_OUTCOME => "not_stored")
+                    .increment(1);
+            }
+            Response::from_parts(parts, CacheBody::inner(body))
+        }
+    };
+    status_member.append_to(response.headers_mut());
+    response
+}
+
+/// Replaces a request's conditions with the ones that revalidate `entry` (§4.3.1).
+fn ask_with_validators(headers: &mut HeaderMap, entry: &Entry) {
+    for name in &CONDITIONALS {
+        headers.remove(name);
+    }
+    for (name, value) in entry.validators() {
+        headers.insert(name, value);
+    }
+}
+
+/// Whether `entry` may be served stale at `now` because the inner service failed
+/// (RFC 5861 §4): within its `stale-if-error` window, or the layer's.
+fn stale_if_error_allows(shared: &Shared, entry: &Entry, now: Instant) -> bool {
+    let window = entry
+        .directives
+        .stale_if_error
+        .unwrap_or(shared.settings.stale_if_error);
+    entry.directives.allows_stale() && entry.timing.fresh_for(now).staleness() < window
+}
+
+/// What became of a miss that looked for an identical one in flight.
+enum Coalesced<B> {
+    /// None was in flight: this one fills the cache, and ends the flight when done.
+    Lead(FlightGuard),
+    /// One was, and what it stored answers this request too.
+    Served(Response<CacheBody<B>>),
+    /// One was, but its response could not serve this request (not stored, another
+    /// variant, or too slow): go to the inner service alone.
+    Alone,
+}
+
+/// Leads the fill of `key`, or waits (bounded) for the one in flight and looks again.
+async fn coalesce<B, R>(shared: &Shared, key: &PrimaryKey, request: &Request<R>) -> Coalesced<B> {
+    let flight = match shared.flights.join(key) {
+        Role::Lead(guard) => return Coalesced::Lead(guard),
+        Role::Follow(flight) => flight,
+    };
+    let landed = tokio::time::timeout(shared.settings.coalesce_timeout, flight::landed(flight))
+        .await
+        .is_ok();
+    if landed && let Lookup::Serve(mut response) = lookup::<B, _>(shared, request) {
+        metrics::counter!(CACHE_COALESCED_TOTAL.name, LABEL_OUTCOME => "served").increment(1);
+        mark_collapsed(response.headers_mut());
+        return Coalesced::Served(response);
+    }
+    metrics::counter!(CACHE_COALESCED_TOTAL.name, LABEL_OUTCOME => "forwarded").increment(1);
+    Coalesced::Alone
+}
+
+/// The answer after the origin said 304 to a revalidation (§4.3.4): the stored response,
+/// refreshed and stored again when it still may be, judged against the client's own
+/// conditions.
+fn answer_revalidated<B>(
+    shared: &Shared,
+    key: PrimaryKey,
+    entry: &Arc<Entry>,
+    not_modified: &HeaderMap,
+    client: Client,
+    (started, requested, received): (u64, Instant, Instant),
+) -> Response<CacheBody<B>> {
+    let refreshed = refreshed(
+        shared,
+        entry,
+        not_modified,
+        &client.headers,
+        (requested, received),
+    );
+    let stored = refreshed
+        .as_ref()
+        .map(|fresh| shared.store.insert(key, Arc::clone(fresh), started).is_ok());
+    let served = refreshed.as_ref().unwrap_or(entry);
+    let status = CacheStatus {
+        forward_status: Some(304),
+        stored,
+        ttl: Some(served.timing.fresh_for(received).seconds()),
+        ..CacheStatus::forwarded(Forward::Stale)
+    };
+    // The client asked without the cache's validators: answer its own question.
+    let request = Request::from_parts(client.into_parts(), ());
+    hit(shared, served, &request, status, received)
+}
+
+/// What the client sent, kept while its request is rewritten and forwarded.
+struct Client {
+    method: Method,
+    headers: HeaderMap,
+}
+
+impl Client {
+    fn into_parts(self) -> http::request::Parts {
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.method = self.method;
+        parts.headers = self.headers;
+        parts
+    }
+}
+
+/// Serves `entry` stale because the inner service failed (RFC 5861 §4).
+fn serve_stale_on_error<B>(
+    shared: &Shared,
+    entry: &Entry,
+    client: &Client,
+    failed_status: Option<StatusCode>,
+    now: Instant,
+) -> Response<CacheBody<B>> {
+    metrics::counter!(CACHE_STALE_TOTAL.name, LABEL_OUTCOME => "stale_if_error").increment(1);
+    let status = CacheStatus {
+        forward_status: failed_status.map(|status| status.as_u16()),
+        detail: Some("stale-if-error"),
+        ..CacheStatus::hit(entry.timing.fresh_for(now).seconds())
+    };
+    let request = Request::from_parts(
+        Client {
+            method: client.method.clone(),
+            headers: client.headers.clone(),
+        }
+        .into_parts(),
+        (),
+    );
+    hit(shared, entry, &request, status, now)
+}
+
+fn mark_collapsed(headers: &mut HeaderMap) {
+    // The lookup's member says `hit`; a follower was answered by another's fill.
+    if let Some(value) = headers.get_mut("cache-status")
+        && let Ok(text) = value.to_str()
+        && let Ok(collapsed) = HeaderValue::try_from(format!("{text}; collapsed"))
+    {
+        *value = collapsed;
+    }
+}
+
+/// A response the cache may store, with what storing it needs.
+struct Admitted {
+    secondary: Secondary,
+    timing: Timing,
+    directives: ResponseDirectives,
+    vary: Vary,
+    date: std::time::SystemTime,
+}
+
+impl Admitted {
+    /// The fill that stores the response with head `parts` once its body has arrived.
+    fn into_fill(
+        self,
+        shared: &Arc<Shared>,
+        key: PrimaryKey,
+        parts: &http::response::Parts,
+        started: u64,
+        guard: Option<FlightGuard>,
+    ) -> Box<Fill> {
+        Box::new(Fill {
+            shared: Arc::clone(shared),
+            key,
+            secondary: self.secondary,
+            status: parts.status,
+            headers: entry::stored_headers(parts.headers.clone(), self.date),
+            timing: self.timing,
+            directives: self.directives,
+            vary: self.vary,
+            started,
+            buffer: BytesMut::new(),
+            guard,
+        })
+    }
+}
+
+/// Whether a response (head and body size) may be stored, and how.
+fn admit<B: Body>(
+    shared: &Shared,
+    request_headers: &HeaderMap,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &B,
+    times: (Instant, Instant),
+) -> Result<Admitted, NotStored> {
+    let directives = ResponseDirectives::parse(headers);
+    let vary = entry::check_storable(
+        request_headers,
+        status,
+        headers,
+        &directives,
+        shared.settings.store_set_cookie,
+    )?;
+    let max = shared.settings.max_entry_bytes as u64;
+    let size = body.size_hint();
+    if size.lower() > max || size.exact().is_some_and(|exact| exact > max) {
+        return Err(NotStored::TooLarge);
+    }
+    let date = freshness::date(headers).unwrap_or_else(|| shared.clock.at(times.1));
+    let timing = Timing::new(
+        status,
+        headers,
+        &directives,
+        date,
+        times,
+        &shared.clock,
+        shared.settings.default_ttl,
+    )
+    .ok_or(NotStored::NoFreshness)?;
+    // Stale on arrival and nothing to revalidate it by: it could never be reused. (A
+    // generated ETag does not count: the origin does not know it.)
+    let origin_validator = headers.contains_key(http::header::ETAG)
+        || headers.contains_key(http::header::LAST_MODIFIED);
+    if timing.lifetime.is_zero() && !origin_validator {
+        return Err(NotStored::NoValidator);
+    }
+    Ok(Admitted {
+        secondary: vary.secondary(request_headers, &shared.settings.codings),
+        timing,
+        directives,
+        vary,
+        date,
+    })
+}
+
+/// `entry` refreshed by a 304 with `not_modified` headers; `None` when the merged head may
+/// not be stored any more (the 304 said `no-store`, for one).
+fn refreshed(
+    shared: &Shared,
+    entry: &Entry,
+    not_modified: &HeaderMap,
+    request_headers: &HeaderMap,
+    times: (Instant, Instant),
+) -> Option<Arc<Entry>> {
+    let mut merged = entry.merged_headers(not_modified);
+    // The old `Age` and `Date` describe the old response; the 304's replace them, or the
+    // time it arrived does (§4.3.4).
+    if !not_modified.contains_key(http::header::DATE) {
+        merged.remove(http::header::DATE);
+    }
+    let directives = ResponseDirectives::parse(&merged);
+    let vary = entry::check_storable(
+        request_headers,
+        entry.status,
+        &merged,
+        &directives,
+        shared.settings.store_set_cookie,
+    )
+    .ok()?;
+    let date = freshness::date(&merged).unwrap_or_else(|| shared.clock.at(times.1));
+    let timing = Timing::new(
+        entry.status,
+        &merged,
+        &directives,
+        date,
+        times,
+        &shared.clock,
+        shared.settings.default_ttl,
+    )?;
+    let headers = entry::stored_headers(merged, date);
+    Some(Arc::new(Entry::new(
+        entry.secondary.clone(),
+        entry.status,
+        headers,
+        entry.body.clone(),
+        timing,
+        (directives, vary),
+        shared.settings.generate_etag,
+    )))
+}
+
+/// Starts one background revalidation of `stale` (RFC 5861 §3), unless one is in flight
+/// or there is no runtime to run it on.
+///
+/// The request is built from the stored response's `Vary` fields of the request that
+/// triggered it, never its credentials: a response that varies on `Authorization` or
+/// `Cookie` is not refreshed in the background.
+fn refresh_in_background<S, ReqBody, ResBody, R>(
+    shared: &Arc<Shared>,
+    inner: S,
+    trigger: &Request<R>,
+    stale: &Arc<Entry>,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send,
+    ReqBody: Default + Send + 'static,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+{
+    let fields = stale.vary.fields();
+    if fields
+        .iter()
+        .any(|field| field == AUTHORIZATION || field == http::header::COOKIE)
+    {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let key = primary_key(shared, trigger);
+    let Role::Lead(guard) = shared.flights.join(&key) else {
+        return;
+    };
+    let mut request = Request::new(ReqBody::default());
+    *request.uri_mut() = trigger.uri().clone();
+    for field in fields.iter().chain([&http::header::HOST]) {
+        for value in trigger.headers().get_all(field) {
+            request.headers_mut().append(field.clone(), value.clone());
+        }
+    }
+    let request_headers = request.headers().clone();
+    for (name, value) in stale.validators() {
+        request.headers_mut().insert(name, value);
+    }
+    let shared = Arc::clone(shared);
+    let stale = Arc::clone(stale);
+    let timeout = shared.settings.revalidation_timeout;
+    runtime.spawn(async move {
+        let refresh = revalidate(&shared, inner, request, &stale, key, request_headers, guard);
+        if tokio::time::timeout(timeout, refresh).await.is_err() {
+            tracing::debug!(target: "floodgate::cache", "background revalidation timed out");
+        }
+    });
+}
+
+/// The background revalidation: a 304 refreshes the entry, a storable 200 replaces it,
+/// anything else leaves it to expire.
+async fn revalidate<S, ReqBody, ResBody>(
+    shared: &Arc<Shared>,
+    inner: S,
+    request: Request<ReqBody>,
+    stale: &Entry,
+    key: PrimaryKey,
+    request_headers: HeaderMap,
+    guard: FlightGuard,
+) where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S::Future: Send,
+    ResBody: Body<Data = Bytes> + Send,
+{
+    let started = shared.store.epoch();
+    let requested = Instant::now();
+    let Ok(response) = inner.oneshot(request).await else {
+        return;
+    };
+    let received = Instant::now();
+    let times = (requested, received);
+    if response.status() == StatusCode::NOT_MODIFIED {
+        if let Some(entry) = refreshed(shared, stale, response.headers(), &request_headers, times) {
+            let _ = shared.store.insert(key, entry, started);
+        }
+        return;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(admitted) = admit(
+        shared,
+        &request_headers,
+        parts.status,
+        &parts.headers,
+        &body,
+        times,
+    ) else {
+        return;
+    };
+    // Drained as a client would read it: the fill stores it at the end, within the size
+    // limit, and ends the flight.
+    let fill = admitted.into_fill(shared, key, &parts, started, Some(guard));
+    let mut body = std::pin::pin!(CacheBody::filling(body, fill));
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        if frame.is_err() {
+            return;
+        }
+    }
+}

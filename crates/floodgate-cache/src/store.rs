@@ -1,0 +1,246 @@
+//! Where entries live: a `moka` cache bounded by bytes, one item per URI holding its
+//! variants, plus what invalidation needs so that a response already on its way when its
+//! URI was invalidated is not stored.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use floodgate_core::metrics::{CACHE_EVICTIONS_TOTAL, CACHE_STORED_BYTES};
+use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
+use moka::sync::Cache;
+use tokio::time::Instant;
+
+use crate::entry::{Entry, NotStored};
+use crate::key::{PrimaryKey, Secondary, Vary};
+
+/// Variants kept per URI. A response that varies on `User-Agent` or `Cookie` would
+/// otherwise fill the cache with copies of one page (Traffic Server's `max_alts`).
+pub(crate) const MAX_VARIANTS: usize = 5;
+/// How long an invalidation is remembered: a response that left the origin before it and
+/// arrives after is not stored, if it arrives within this time.
+const INVALIDATION_MEMORY: Duration = Duration::from_secs(300);
+/// The longest any entry is kept, whatever its lifetime says.
+const MAX_RETENTION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// The variants of one URI, newest first.
+#[derive(Debug)]
+pub(crate) struct Resource {
+    /// The `Vary` of the newest response, which tells a request which variant it wants.
+    pub(crate) vary: Vary,
+    pub(crate) variants: Vec<Arc<Entry>>,
+}
+
+impl Resource {
+    pub(crate) fn variant(&self, secondary: &Secondary) -> Option<&Arc<Entry>> {
+        self.variants
+            .iter()
+            .find(|entry| &entry.secondary == secondary)
+    }
+
+    fn weight(&self, key: &PrimaryKey) -> u32 {
+        let key = u32::try_from(key.as_str().len()).unwrap_or(u32::MAX);
+        self.variants
+            .iter()
+            .fold(key, |total, entry| total.saturating_add(entry.weight))
+    }
+}
+
+/// The cache proper.
+pub(crate) struct Store {
+    entries: Cache<PrimaryKey, Arc<Resource>>,
+    /// URI → the epoch of its last invalidation.
+    invalidated: Cache<PrimaryKey, u64>,
+    /// Counts invalidations; a fill remembers it when it starts.
+    epoch: AtomicU64,
+    /// The epoch of the last purge by prefix, which invalidates every fill in flight.
+    purged: AtomicU64,
+}
+
+impl Store {
+    /// A store of at most `max_bytes`, keeping each entry for its freshness plus `keep`
+    /// (the longest it could still be served stale or be revalidated).
+    pub(crate) fn new(max_bytes: u64, keep: Duration) -> Self {
+        let entries = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|key: &PrimaryKey, resource: &Arc<Resource>| resource.weight(key))
+            .expire_after(Retention { keep })
+            .eviction_listener(|_, _, cause| {
+                if cause == RemovalCause::Size {
+                    metrics::counter!(CACHE_EVICTIONS_TOTAL.name).increment(1);
+                }
+            })
+            .support_invalidation_closures()
+            .build();
+        let invalidated = Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(INVALIDATION_MEMORY)
+            .build();
+        Self {
+            entries,
+            invalidated,
+            epoch: AtomicU64::new(0),
+            purged: AtomicU64::new(0),
+        }
+    }
+
+    /// The variants stored under the key whose text is `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<Resource>> {
+        self.entries.get(key)
+    }
+
+    /// The epoch a fill starting now records.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Stores `entry` as a variant of `key`, unless the URI was invalidated since `started`.
+    /// A variant with the same secondary key is replaced; past [`MAX_VARIANTS`] the oldest
+    /// goes; a new `Vary` drops the variants keyed by the old one.
+    pub(crate) fn insert(
+        &self,
+        key: PrimaryKey,
+        entry: Arc<Entry>,
+        started: u64,
+    ) -> Result<(), NotStored> {
+        if self.was_invalidated(&key, started) {
+            return Err(NotStored::Invalidated);
+        }
+        self.entries.entry(key).and_compute_with(move |existing| {
+            let vary = entry.vary.clone();
+            let secondary = entry.secondary.clone();
+            let mut variants = vec![entry];
+            if let Some(existing) = existing {
+                let existing = existing.into_value();
+                if existing.vary == vary {
+                    variants.extend(
+                        existing
+                            .variants
+                            .iter()
+                            .filter(|old| old.secondary != secondary)
+                            .take(MAX_VARIANTS - 1)
+                            .cloned(),
+                    );
+                }
+            }
+            Op::Put(Arc::new(Resource { vary, variants }))
+        });
+        self.record_size();
+        Ok(())
+    }
+
+    fn was_invalidated(&self, key: &PrimaryKey, started: u64) -> bool {
+        self.purged.load(Ordering::Acquire) > started
+            || self
+                .invalidated
+                .get(key)
+                .is_some_and(|epoch| epoch > started)
+    }
+
+    fn next_epoch(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Drops every variant of `key`, and keeps responses already on their way from being
+    /// stored.
+    pub(crate) fn invalidate(&self, key: &PrimaryKey) {
+        let epoch = self.next_epoch();
+        self.invalidated.insert(key.clone(), epoch);
+        self.entries.invalidate(key);
+        self.record_size();
+    }
+
+    /// Drops every URI whose path and query satisfy `matches`. Every fill in flight is
+    /// kept from being stored: the store does not know which of them match.
+    pub(crate) fn invalidate_where(&self, matches: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        let epoch = self.next_epoch();
+        self.purged.store(epoch, Ordering::Release);
+        // Only fails without `support_invalidation_closures`, which `new` sets.
+        let _ = self
+            .entries
+            .invalidate_entries_if(move |key, _| matches(key.path()));
+        // Closures run lazily; run them now so the purge is visible at once.
+        self.entries.run_pending_tasks();
+        self.record_size();
+    }
+
+    /// Bytes stored now, by the weigher.
+    pub(crate) fn weighted_bytes(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.weighted_size()
+    }
+
+    fn record_size(&self) {
+        #[allow(
+            clippy::cast_precision_loss,
+            reason = "a gauge of bytes, far below 2^52"
+        )]
+        metrics::gauge!(CACHE_STORED_BYTES.name).set(self.entries.weighted_size() as f64);
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("uris", &self.entries.entry_count())
+            .field("bytes", &self.entries.weighted_size())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long moka keeps a URI: until its longest-lived variant is past use.
+struct Retention {
+    keep: Duration,
+}
+
+impl Retention {
+    fn of(&self, resource: &Resource, now: Instant) -> Duration {
+        resource
+            .variants
+            .iter()
+            .map(|entry| {
+                let left = entry.timing.fresh_for(now);
+                let fresh = if left.negative {
+                    Duration::ZERO
+                } else {
+                    left.magnitude
+                };
+                let stale = entry
+                    .directives
+                    .stale_while_revalidate
+                    .unwrap_or_default()
+                    .max(entry.directives.stale_if_error.unwrap_or_default())
+                    .max(if entry.has_validator() {
+                        self.keep
+                    } else {
+                        Duration::ZERO
+                    });
+                fresh.saturating_add(stale)
+            })
+            .max()
+            .unwrap_or_default()
+            .min(MAX_RETENTION)
+    }
+}
+
+impl moka::Expiry<PrimaryKey, Arc<Resource>> for Retention {
+    fn expire_after_create(
+        &self,
+        _: &PrimaryKey,
+        resource: &Arc<Resource>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.of(resource, Instant::now()))
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &PrimaryKey,
+        resource: &Arc<Resource>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.of(resource, Instant::now()))
+    }
+}

@@ -1,0 +1,1019 @@
+//! The layer against a scripted origin, with paused time: one test per RFC 9111 rule the
+//! layer implements.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::{CacheLayer, CacheLayerBuilder};
+
+type RequestBody = http_body_util::Full<Bytes>;
+type OriginBody = BoxBody<Bytes, Infallible>;
+
+/// What the origin answers: the request it got and how many calls came before it.
+type Script = dyn Fn(&Request<RequestBody>, usize) -> Result<Response<OriginBody>, &'static str>
+    + Send
+    + Sync;
+
+/// A scripted origin that counts its calls and keeps the headers it was sent.
+#[derive(Clone)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+    script: Arc<Script>,
+    delay: Duration,
+}
+
+impl Origin {
+    fn new(
+        script: impl Fn(&Request<RequestBody>, usize) -> Result<Response<OriginBody>, &'static str>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Self {
+            calls: Arc::default(),
+            seen: Arc::default(),
+            script: Arc::new(script),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// Always the same 200 with these header fields and `body`.
+    fn fixed(fields: &[(&'static str, &'static str)], body: &'static str) -> Self {
+        let fields = fields.to_vec();
+        Self::new(move |_, _| Ok(response(200, &fields, body)))
+    }
+
+    fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn last_seen(&self) -> HeaderMap {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn service(&self) -> Origin {
+        self.clone()
+    }
+}
+
+impl Service<Request<RequestBody>> for Origin {
+    type Response = Response<OriginBody>;
+    type Error = &'static str;
+    type Future = Pin<
+        Box<dyn std::future::Future<Output = Result<Response<OriginBody>, &'static str>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), &'static str>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(request.headers().clone());
+        let answer = (self.script)(&request, call);
+        // Only reads are slow: a write can overtake a read in flight.
+        let delay = if request.method() == Method::GET {
+            self.delay
+        } else {
+            Duration::ZERO
+        };
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        })
+    }
+}
+
+fn response(
+    status: u16,
+    fields: &[(&'static str, &'static str)],
+    body: &'static str,
+) -> Response<OriginBody> {
+    let mut response = Response::new(http_body_util::Full::new(Bytes::from(body)).boxed());
+    *response.status_mut() = StatusCode::from_u16(status).expect("valid status");
+    for (name, value) in fields {
+        response
+            .headers_mut()
+            .append(*name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// A reply, body read to the end (which is when a miss is stored).
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn cache_status(&self) -> &str {
+        self.header("cache-status")
+    }
+}
+
+struct Client {
+    service: crate::Cache<Origin>,
+}
+
+impl Client {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        fields: &[(&'static str, &'static str)],
+    ) -> Result<Reply, &'static str> {
+        let mut request = Request::new(RequestBody::default());
+        *request.method_mut() = method;
+        *request.uri_mut() = path.parse().expect("valid path");
+        for (name, value) in fields {
+            request
+                .headers_mut()
+                .append(*name, HeaderValue::from_static(value));
+        }
+        let response = self.service.clone().oneshot(request).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|_| "body failed")?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    async fn get(&self, path: &str, fields: &[(&'static str, &'static str)]) -> Reply {
+        self.send(Method::GET, path, fields)
+            .await
+            .expect("answered")
+    }
+}
+
+fn client(origin: &Origin, builder: CacheLayerBuilder) -> Client {
+    let layer = builder.build().expect("valid layer");
+    Client {
+        service: layer.layer(origin.service()),
+    }
+}
+
+fn cache() -> CacheLayerBuilder {
+    CacheLayer::builder()
+}
+
+#[tokio::test(start_paused = true)]
+async fn fresh_responses_are_served_with_their_age_until_they_go_stale() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page");
+    let client = client(&origin, cache());
+    let miss = client.get("/items", &[]).await;
+    assert_eq!(miss.body, "page");
+    assert_eq!(
+        miss.cache_status(),
+        "floodgate; fwd=uri-miss; ttl=60; stored"
+    );
+
+    let hit = client.get("/items", &[]).await;
+    assert_eq!(
+        (hit.status, hit.body.as_ref()),
+        (StatusCode::OK, &b"page"[..])
+    );
+    assert_eq!(hit.header("age"), "0");
+    assert_eq!(hit.cache_status(), "floodgate; hit; ttl=60");
+    assert!(
+        hit.header("etag").starts_with("\"fg-"),
+        "a generated strong ETag"
+    );
+    assert!(
+        !hit.header("date").is_empty(),
+        "a stored response always has a Date"
+    );
+
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let older = client.get("/items", &[]).await;
+    assert_eq!(older.header("age"), "30");
+    assert_eq!(older.cache_status(), "floodgate; hit; ttl=30");
+    assert_eq!(origin.calls(), 1);
+
+    tokio::time::advance(Duration::from_secs(30)).await;
+    let stale = client.get("/items", &[]).await;
+    assert!(
+        stale.cache_status().starts_with("floodgate; fwd=stale"),
+        "{}",
+        stale.cache_status()
+    );
+    assert_eq!(
+        origin.calls(),
+        2,
+        "fresh means lifetime > age: at 60 s it is stale"
+    );
+}
+
+/// A case of `what_is_stored_and_what_is_not`: name, status, response fields, request
+/// fields, and the `detail` of a refusal (`None`: stored).
+type StoreCase<'a> = (
+    &'a str,
+    u16,
+    &'a [(&'a str, &'a str)],
+    &'a [(&'a str, &'a str)],
+    Option<&'a str>,
+);
+
+#[tokio::test(start_paused = true)]
+#[allow(clippy::too_many_lines, reason = "one table of cases")]
+async fn what_is_stored_and_what_is_not() {
+    let cases: &[StoreCase<'_>] = &[
+        (
+            "max-age",
+            200,
+            &[("cache-control", "max-age=60")],
+            &[],
+            None,
+        ),
+        (
+            "s-maxage beats max-age",
+            200,
+            &[("cache-control", "max-age=0, s-maxage=60")],
+            &[],
+            None,
+        ),
+        (
+            "Expires",
+            200,
+            &[("expires", "Thu, 01 Jan 2099 00:00:00 GMT")],
+            &[],
+            None,
+        ),
+        (
+            "a 404 with max-age",
+            404,
+            &[("cache-control", "max-age=60")],
+            &[],
+            None,
+        ),
+        (
+            "no-store",
+            200,
+            &[("cache-control", "no-store, max-age=60")],
+            &[],
+            Some("no-store"),
+        ),
+        (
+            "private",
+            200,
+            &[("cache-control", "private, max-age=60")],
+            &[],
+            Some("private"),
+        ),
+        (
+            "set-cookie",
+            200,
+            &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+            &[],
+            Some("set-cookie"),
+        ),
+        (
+            "vary: *",
+            200,
+            &[("cache-control", "max-age=60"), ("vary", "*")],
+            &[],
+            Some("vary"),
+        ),
+        ("nothing to go on", 200, &[], &[], Some("no-validator")),
+        (
+            "a 500",
+            500,
+            &[("cache-control", "max-age=60")],
+            &[],
+            Some("status"),
+        ),
+        (
+            "a 206",
+            206,
+            &[("cache-control", "max-age=60")],
+            &[],
+            Some("status"),
+        ),
+        (
+            "authorization",
+            200,
+            &[("cache-control", "max-age=60")],
+            &[("authorization", "Bearer x")],
+            Some("authorization"),
+        ),
+        (
+            "authorization, public",
+            200,
+            &[("cache-control", "public, max-age=60")],
+            &[("authorization", "Bearer x")],
+            None,
+        ),
+        (
+            "request no-store",
+            200,
+            &[("cache-control", "max-age=60")],
+            &[("cache-control", "no-store")],
+            Some("request-no-store"),
+        ),
+    ];
+    for &(name, status, fields, request, refused) in cases {
+        let fields: Vec<(&'static str, &'static str)> = fields
+            .iter()
+            .map(|&(name, value)| (leak(name), leak(value)))
+            .collect();
+        let request: Vec<(&'static str, &'static str)> = request
+            .iter()
+            .map(|&(name, value)| (leak(name), leak(value)))
+            .collect();
+        let origin = Origin::new(move |_, _| Ok(response(status, &fields, "body")));
+        let client = client(&origin, cache());
+        let first = client.get("/r", &request).await;
+        match refused {
+            None => assert!(
+                first.cache_status().ends_with("; stored"),
+                "{name}: {}",
+                first.cache_status()
+            ),
+            Some(detail) => assert!(
+                first
+                    .cache_status()
+                    .ends_with(&format!("stored=?0; detail={detail}")),
+                "{name}: {}",
+                first.cache_status()
+            ),
+        }
+        let _ = client.get("/r", &request).await;
+        let expected_calls = if refused.is_some() { 2 } else { 1 };
+        assert_eq!(origin.calls(), expected_calls, "{name}");
+    }
+}
+
+fn leak(text: &str) -> &'static str {
+    Box::leak(text.to_owned().into_boxed_str())
+}
+
+#[tokio::test(start_paused = true)]
+async fn set_cookie_responses_can_be_stored_without_their_cookie() {
+    let origin = Origin::fixed(
+        &[
+            ("cache-control", "max-age=60"),
+            ("set-cookie", "session=alice"),
+        ],
+        "page",
+    );
+    let client = client(&origin, cache().store_set_cookie(true));
+    let first = client.get("/", &[]).await;
+    assert_eq!(
+        first.header("set-cookie"),
+        "session=alice",
+        "the first client gets its cookie"
+    );
+    let second = client.get("/", &[]).await;
+    assert_eq!(second.cache_status(), "floodgate; hit; ttl=60");
+    assert_eq!(second.header("set-cookie"), "", "nobody else gets it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_cache_responses_are_revalidated_before_every_use() {
+    let origin = Origin::new(|request, _| {
+        if request
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|tag| tag == "\"v1\"")
+        {
+            Ok(response(
+                304,
+                &[("etag", "\"v1\""), ("cache-control", "no-cache")],
+                "",
+            ))
+        } else {
+            Ok(response(
+                200,
+                &[("etag", "\"v1\""), ("cache-control", "no-cache")],
+                "body v1",
+            ))
+        }
+    });
+    let client = client(&origin, cache());
+    assert!(
+        client
+            .get("/doc", &[])
+            .await
+            .cache_status()
+            .ends_with("; stored")
+    );
+    let revalidated = client.get("/doc", &[]).await;
+    assert_eq!(origin.calls(), 2);
+    assert_eq!(origin.last_seen()["if-none-match"], "\"v1\"");
+    assert_eq!(
+        (revalidated.status, revalidated.body.as_ref()),
+        (StatusCode::OK, &b"body v1"[..])
+    );
+    assert_eq!(
+        revalidated.cache_status(),
+        "floodgate; fwd=stale; fwd-status=304; ttl=0; stored"
+    );
+    assert_eq!(
+        revalidated.header("etag"),
+        "\"v1\"",
+        "the origin's ETag is kept"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_304_refreshes_a_stale_entry_and_its_headers() {
+    let origin = Origin::new(|request, _| {
+        if request.headers().contains_key("if-none-match") {
+            Ok(response(
+                304,
+                &[("cache-control", "max-age=100"), ("x-version", "2")],
+                "",
+            ))
+        } else {
+            Ok(response(
+                200,
+                &[
+                    ("cache-control", "max-age=10"),
+                    ("etag", "W/\"a\""),
+                    ("x-version", "1"),
+                ],
+                "stored body",
+            ))
+        }
+    });
+    let client = client(&origin, cache());
+    let _ = client.get("/p", &[]).await;
+    tokio::time::advance(Duration::from_secs(11)).await;
+    let refreshed = client.get("/p", &[]).await;
+    assert_eq!(refreshed.body, "stored body");
+    assert_eq!(
+        refreshed.header("x-version"),
+        "2",
+        "fields of the 304 replace stored ones"
+    );
+    tokio::time::advance(Duration::from_secs(50)).await;
+    let hit = client.get("/p", &[]).await;
+    assert_eq!(
+        hit.cache_status(),
+        "floodgate; hit; ttl=50",
+        "re-timed by the 304"
+    );
+    assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fresh_entries_answer_conditional_requests_with_304() {
+    let origin = Origin::fixed(
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v7\""),
+            ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+        ],
+        "body",
+    );
+    let client = client(&origin, cache());
+    let _ = client.get("/c", &[]).await;
+    let matched = client
+        .get("/c", &[("if-none-match", "\"x\", W/\"v7\"")])
+        .await;
+    assert_eq!(matched.status, StatusCode::NOT_MODIFIED);
+    assert!(matched.body.is_empty());
+    assert_eq!(matched.header("etag"), "\"v7\"");
+    let other = client.get("/c", &[("if-none-match", "\"v8\"")]).await;
+    assert_eq!(
+        other.status,
+        StatusCode::OK,
+        "If-None-Match decides when present"
+    );
+    let since = client
+        .get(
+            "/c",
+            &[("if-modified-since", "Tue, 01 Dec 2026 10:00:00 GMT")],
+        )
+        .await;
+    assert_eq!(since.status, StatusCode::NOT_MODIFIED);
+    let before = client
+        .get(
+            "/c",
+            &[("if-modified-since", "Tue, 01 Dec 2026 09:59:59 GMT")],
+        )
+        .await;
+    assert_eq!(before.status, StatusCode::OK);
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_directives_are_obeyed() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=60"), ("etag", "\"e\"")],
+        "body",
+    );
+    let client = client(&origin, cache());
+    let empty = client
+        .get("/d", &[("cache-control", "only-if-cached")])
+        .await;
+    assert_eq!(empty.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(origin.calls(), 0);
+    let _ = client.get("/d", &[]).await;
+    assert_eq!(
+        client
+            .get("/d", &[("cache-control", "only-if-cached")])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(origin.calls(), 1);
+
+    for (directive, forwarded) in [
+        ("max-age=30", false),
+        ("max-age=10", true),
+        ("min-fresh=30", false),
+        ("min-fresh=50", true),
+        ("no-cache", true),
+    ] {
+        // A stored response 20 s old with 40 s left.
+        let origin = Origin::fixed(&[("cache-control", "max-age=60")], "body");
+        let client = self::client(&origin, cache());
+        let _ = client.get("/d", &[]).await;
+        tokio::time::advance(Duration::from_secs(20)).await;
+        let reply = client
+            .get("/d", &[("cache-control", leak(directive))])
+            .await;
+        assert_eq!(origin.calls() - 1, usize::from(forwarded), "{directive}");
+        if forwarded {
+            assert!(
+                reply.cache_status().contains("fwd=request"),
+                "{directive}: {}",
+                reply.cache_status()
+            );
+        }
+    }
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "body");
+    let client = self::client(&origin, cache());
+    let _ = client.get("/d", &[]).await;
+    let pragma = client.get("/d", &[("pragma", "no-cache")]).await;
+    assert_eq!(origin.calls(), 2, "Pragma: no-cache without Cache-Control");
+    assert!(pragma.cache_status().contains("fwd=request"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_stale_serves_stale_only_where_the_response_allows_it() {
+    for (fields, served_stale) in [
+        (&[("cache-control", "max-age=1")][..], true),
+        (
+            &[("cache-control", "max-age=1, must-revalidate")][..],
+            false,
+        ),
+        (&[("cache-control", "s-maxage=1")][..], false),
+    ] {
+        let origin = Origin::fixed(fields, "body");
+        let client = client(&origin, cache());
+        let _ = client.get("/s", &[]).await;
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let reply = client.get("/s", &[("cache-control", "max-stale=60")]).await;
+        assert_eq!(
+            origin.calls() == 1,
+            served_stale,
+            "{fields:?}: {}",
+            reply.cache_status()
+        );
+        if served_stale {
+            assert_eq!(
+                reply.cache_status(),
+                "floodgate; hit; ttl=-9; detail=max-stale"
+            );
+            let _ = client.get("/s", &[("cache-control", "max-stale=5")]).await;
+            assert_eq!(origin.calls(), 2, "9 s stale is more than the 5 s accepted");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn variants_are_kept_per_vary_and_accept_encoding_is_normalised() {
+    let origin = Origin::new(|request, _| {
+        let gzip = request
+            .headers()
+            .get("accept-encoding")
+            .is_some_and(|value| {
+                value
+                    .as_bytes()
+                    .windows(4)
+                    .any(|w| w.eq_ignore_ascii_case(b"gzip"))
+            });
+        let fields = [
+            ("cache-control", "max-age=60"),
+            ("vary", "accept-encoding, x-tenant"),
+        ];
+        Ok(response(
+            200,
+            &fields,
+            if gzip { "gzipped" } else { "plain" },
+        ))
+    });
+    let client = client(&origin, cache());
+    let first = client
+        .get("/v", &[("accept-encoding", "gzip, deflate, br")])
+        .await;
+    assert_eq!(first.body, "gzipped");
+    let same = client
+        .get("/v", &[("accept-encoding", "br;q=1, GZIP")])
+        .await;
+    assert_eq!(
+        (same.body.as_ref(), same.cache_status()),
+        (&b"gzipped"[..], "floodgate; hit; ttl=60")
+    );
+    let plain = client.get("/v", &[]).await;
+    assert_eq!(plain.body, "plain");
+    assert!(
+        plain.cache_status().starts_with("floodgate; fwd=vary-miss"),
+        "{}",
+        plain.cache_status()
+    );
+    let refused = client.get("/v", &[("accept-encoding", "gzip;q=0")]).await;
+    assert_eq!(
+        (refused.body.as_ref(), refused.cache_status()),
+        (&b"plain"[..], "floodgate; hit; ttl=60")
+    );
+    let tenant = client.get("/v", &[("x-tenant", "b")]).await;
+    assert!(tenant.cache_status().contains("vary-miss"));
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn head_is_answered_from_a_stored_get() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=60"), ("content-length", "4")],
+        "body",
+    );
+    let client = client(&origin, cache());
+    let _ = client.get("/h", &[]).await;
+    let head = client
+        .send(Method::HEAD, "/h", &[])
+        .await
+        .expect("answered");
+    assert_eq!((head.status, head.body.len()), (StatusCode::OK, 0));
+    assert_eq!(head.header("content-length"), "4");
+    assert_eq!(head.cache_status(), "floodgate; hit; ttl=60");
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_exactly_once() {
+    let origin = Origin::new(|_, call| {
+        let body = if call == 0 { "old" } else { "new" };
+        Ok(response(
+            200,
+            &[("cache-control", "max-age=1, stale-while-revalidate=30")],
+            body,
+        ))
+    })
+    .delayed(Duration::from_millis(100));
+    let client = client(&origin, cache());
+    let _ = client.get("/w", &[]).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    for _ in 0..5 {
+        let stale = client.get("/w", &[]).await;
+        assert_eq!(stale.body, "old");
+        assert_eq!(
+            stale.cache_status(),
+            "floodgate; hit; ttl=-1; detail=stale-while-revalidate"
+        );
+    }
+    // Let the one background refresh finish.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(origin.calls(), 2, "five stale hits, one refresh");
+    let fresh = client.get("/w", &[]).await;
+    // Refreshed 0.1 s after the stale hits, and read 0.1 s later: under a second left.
+    assert_eq!(
+        (fresh.body.as_ref(), fresh.cache_status()),
+        (&b"new"[..], "floodgate; hit; ttl=0")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_covers_5xx_and_failures_unless_revalidation_is_required() {
+    for (fields, serves_stale) in [
+        (
+            &[("cache-control", "max-age=1, stale-if-error=60")][..],
+            true,
+        ),
+        (
+            &[(
+                "cache-control",
+                "max-age=1, stale-if-error=60, must-revalidate",
+            )][..],
+            false,
+        ),
+    ] {
+        let origin = Origin::new(move |_, call| match call {
+            0 => Ok(response(200, fields, "kept")),
+            1 => Ok(response(503, &[], "down")),
+            _ => Err("connection refused"),
+        });
+        let client = client(&origin, cache());
+        let _ = client.get("/e", &[]).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let on_503 = client.get("/e", &[]).await;
+        let on_error = client.send(Method::GET, "/e", &[]).await;
+        if serves_stale {
+            assert_eq!(
+                (on_503.status, on_503.body.as_ref()),
+                (StatusCode::OK, &b"kept"[..])
+            );
+            assert_eq!(
+                on_503.cache_status(),
+                "floodgate; hit; fwd-status=503; ttl=-4; detail=stale-if-error"
+            );
+            let on_error = on_error.expect("served stale");
+            assert_eq!(on_error.body, "kept");
+        } else {
+            assert_eq!(on_503.status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(on_error.err(), Some("connection refused"));
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_invalidate_their_uri_and_same_origin_locations() {
+    let origin = Origin::new(|request, _| {
+        if request.method() == Method::POST {
+            let status = if request.uri().path() == "/bad" {
+                400
+            } else {
+                201
+            };
+            Ok(response(
+                status,
+                &[
+                    ("location", "/items/9"),
+                    ("content-location", "http://elsewhere.example/x"),
+                ],
+                "",
+            ))
+        } else {
+            Ok(response(200, &[("cache-control", "max-age=60")], "page"))
+        }
+    });
+    let client = client(&origin, cache());
+    for path in ["/items", "/items/9", "/bad", "/x"] {
+        let _ = client.get(path, &[]).await;
+    }
+    assert_eq!(origin.calls(), 4);
+    let failed = client
+        .send(Method::POST, "/bad", &[])
+        .await
+        .expect("answered");
+    assert_eq!(failed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        client.get("/bad", &[]).await.cache_status(),
+        "floodgate; hit; ttl=60",
+        "a 4xx invalidates nothing"
+    );
+    let written = client
+        .send(Method::POST, "/items", &[])
+        .await
+        .expect("answered");
+    assert_eq!(written.cache_status(), "floodgate; fwd=method");
+    for path in ["/items", "/items/9"] {
+        assert!(
+            client
+                .get(path, &[])
+                .await
+                .cache_status()
+                .contains("uri-miss"),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        client.get("/x", &[]).await.cache_status(),
+        "floodgate; hit; ttl=60",
+        "another origin's URI is kept"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_handle_invalidates_one_uri_or_a_prefix() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page");
+    let layer = cache().build().expect("valid");
+    let handle = layer.handle();
+    let client = Client {
+        service: layer.layer(origin.service()),
+    };
+    for path in ["/a", "/a/1", "/a?q=1", "/b"] {
+        let _ = client.get(path, &[]).await;
+    }
+    handle.invalidate("/a/1");
+    assert!(
+        client
+            .get("/a/1", &[])
+            .await
+            .cache_status()
+            .contains("miss")
+    );
+    assert!(client.get("/a", &[]).await.cache_status().contains("hit"));
+    handle.purge_prefix("/a");
+    for path in ["/a", "/a?q=1"] {
+        assert!(
+            client.get(path, &[]).await.cache_status().contains("miss"),
+            "{path}"
+        );
+    }
+    assert!(client.get("/b", &[]).await.cache_status().contains("hit"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hundred_concurrent_misses_make_one_inner_call() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page")
+        .delayed(Duration::from_millis(50));
+    let client = Arc::new(client(&origin, cache()));
+    let requests: Vec<_> = (0..100)
+        .map(|_| {
+            let client = Arc::clone(&client);
+            tokio::spawn(async move { client.get("/hot", &[]).await })
+        })
+        .collect();
+    let mut collapsed = 0;
+    for request in requests {
+        let reply = request.await.expect("no panic");
+        assert_eq!(reply.body, "page");
+        if reply.cache_status().ends_with("; collapsed") {
+            collapsed += 1;
+        }
+    }
+    assert_eq!(origin.calls(), 1);
+    assert_eq!(collapsed, 99);
+}
+
+#[tokio::test(start_paused = true)]
+async fn followers_go_to_the_origin_when_the_leaders_response_is_not_stored() {
+    let origin = Origin::fixed(&[("cache-control", "no-store")], "secret")
+        .delayed(Duration::from_millis(50));
+    let client = Arc::new(client(&origin, cache()));
+    let requests: Vec<_> = (0..5)
+        .map(|_| {
+            let client = Arc::clone(&client);
+            tokio::spawn(async move { client.get("/private", &[]).await })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.expect("no panic").body, "secret");
+    }
+    assert_eq!(
+        origin.calls(),
+        5,
+        "no client is handed another's unstorable response"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_byte_capacity_holds() {
+    let origin = Origin::new(|_, _| {
+        Ok(response(
+            200,
+            &[("cache-control", "max-age=600")],
+            leak(&"x".repeat(4096)),
+        ))
+    });
+    let layer = cache()
+        .max_bytes(64 * 1024)
+        .max_entry_bytes(8192)
+        .build()
+        .expect("valid");
+    let handle = layer.handle();
+    let client = Client {
+        service: layer.layer(origin.service()),
+    };
+    for index in 0..100 {
+        let _ = client.get(leak(&format!("/item/{index}")), &[]).await;
+    }
+    let stored = handle.stored_bytes();
+    assert!(stored <= 64 * 1024, "{stored} bytes stored");
+    assert!(stored > 32 * 1024, "{stored}: the cache is used");
+}
+
+/// A body of `count` chunks of `size` bytes, with no size hint: a stream.
+struct Chunks {
+    left: usize,
+    size: usize,
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        self.left -= 1;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'z'; self.size])))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn bodies_over_the_entry_limit_stream_through_unstored() {
+    let origin = Origin::new(|request, _| {
+        let mut streamed = Response::new(if request.uri().path() == "/stream" {
+            Chunks {
+                left: 10,
+                size: 512,
+            }
+            .boxed()
+        } else {
+            http_body_util::Full::new(Bytes::from(vec![b'k'; 2048])).boxed()
+        });
+        streamed
+            .headers_mut()
+            .insert("cache-control", HeaderValue::from_static("max-age=60"));
+        Ok(streamed)
+    });
+    let client = client(&origin, cache().max_entry_bytes(1024));
+    let streamed = client.get("/stream", &[]).await;
+    assert_eq!(streamed.body.len(), 5120, "the client gets the whole body");
+    let again = client.get("/stream", &[]).await;
+    assert_eq!(again.body.len(), 5120);
+    assert_eq!(origin.calls(), 2, "nothing stored past the limit");
+
+    let known = client.get("/known", &[]).await;
+    assert_eq!(known.body.len(), 2048);
+    assert!(
+        known
+            .cache_status()
+            .ends_with("stored=?0; detail=too-large"),
+        "{}",
+        known.cache_status()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fill_overtaken_by_a_write_is_not_stored() {
+    let origin = Origin::new(|request, _| {
+        if request.method() == Method::PUT {
+            Ok(response(204, &[], ""))
+        } else {
+            Ok(response(
+                200,
+                &[("cache-control", "max-age=60")],
+                "before the write",
+            ))
+        }
+    })
+    .delayed(Duration::from_millis(100));
+    let client = Arc::new(client(&origin, cache()));
+    let reader = {
+        let client = Arc::clone(&client);
+        tokio::spawn(async move { client.get("/doc", &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let writer = client
+        .send(Method::PUT, "/doc", &[])
+        .await
+        .expect("answered");
+    assert_eq!(writer.status, StatusCode::NO_CONTENT);
+    let read = reader.await.expect("no panic");
+    assert_eq!(
+        read.body, "before the write",
+        "the reader still gets its answer"
+    );
+    let next = client.get("/doc", &[]).await;
+    assert!(
+        next.cache_status().contains("uri-miss"),
+        "{}",
+        next.cache_status()
+    );
+}
