@@ -54,7 +54,7 @@ pub(crate) struct Fill {
 
 impl Fill {
     /// Stores the complete response.
-    fn finish(self) {
+    fn finish(self: Box<Self>) {
         let Fill {
             shared,
             key,
@@ -67,7 +67,7 @@ impl Fill {
             started,
             buffer,
             guard,
-        } = self;
+        } = *self;
         let entry = Entry::new(
             secondary,
             status,
@@ -111,7 +111,16 @@ impl<B> CacheBody<B> {
         }
     }
 
-    pub(crate) fn filling(body: B, fill: Box<Fill>) -> Self {
+    /// `body` on its way to the client and into the cache. An empty body is stored at
+    /// once: hyper never polls a body that is already at its end.
+    pub(crate) fn filling(body: B, fill: Box<Fill>) -> Self
+    where
+        B: Body,
+    {
+        if body.is_end_stream() {
+            fill.finish();
+            return Self::inner(body);
+        }
         Self {
             kind: Kind::Filling {
                 body,
@@ -137,8 +146,8 @@ where
                 Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes))))
             }
             KindProjection::Inner { body } => body.poll_frame(cx),
-            KindProjection::Filling { body, fill } => {
-                let frame = ready!(body.poll_frame(cx));
+            KindProjection::Filling { mut body, fill } => {
+                let frame = ready!(body.as_mut().poll_frame(cx));
                 match &frame {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
@@ -153,6 +162,13 @@ where
                                         Fill::abandoned(NotStored::TooLarge);
                                     }
                                 }
+                            }
+                            // hyper stops polling a body once it reports its end (a body of
+                            // known length, after its last byte): store it now.
+                            if body.is_end_stream()
+                                && let Some(fill) = fill.take()
+                            {
+                                fill.finish();
                             }
                         } else if fill.take().is_some() {
                             Fill::abandoned(NotStored::Trailers);
@@ -174,10 +190,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Stored { bytes } => bytes.is_none(),
-            Kind::Inner { body } => body.is_end_stream(),
-            // Not at the end while a fill waits for the body's end to store it: one more
-            // poll delivers `None`.
-            Kind::Filling { body, fill } => fill.is_none() && body.is_end_stream(),
+            Kind::Inner { body } | Kind::Filling { body, .. } => body.is_end_stream(),
         }
     }
 

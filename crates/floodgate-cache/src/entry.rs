@@ -123,6 +123,9 @@ pub(crate) struct Entry {
     pub(crate) vary: Vary,
     /// `Last-Modified`, else `Date`: what `If-Modified-Since` is compared with.
     pub(crate) modified: SystemTime,
+    /// Whether the `ETag` is this cache's own: it answers clients, but the origin never
+    /// issued it, so it is not sent upstream.
+    generated_etag: bool,
     /// Bytes this entry costs the cache, for the weigher.
     pub(crate) weight: u32,
 }
@@ -140,6 +143,22 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// A response head as it will be stored: hop-by-hop fields and `Age` removed, a `Date`
 /// added if it had none, `Set-Cookie` stripped.
 pub(crate) fn stored_headers(mut headers: HeaderMap, date: SystemTime) -> HeaderMap {
+    strip_hop_by_hop(&mut headers);
+    headers.remove(http::header::AGE);
+    headers.remove(SET_COOKIE);
+    // A missing or invalid `Date` becomes the time of receipt (§4.2.3): `If-Modified-Since`
+    // and the age computation then have a real date to work with.
+    if freshness::date(&headers).is_none()
+        && let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(date))
+    {
+        headers.insert(DATE, value);
+    }
+    headers
+}
+
+/// Removes the fields that belong to one connection (§3.1): the hop-by-hop fields and the
+/// ones `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -149,15 +168,7 @@ pub(crate) fn stored_headers(mut headers: HeaderMap, date: SystemTime) -> Header
     for name in HOP_BY_HOP.iter().chain(&named) {
         headers.remove(name);
     }
-    headers.remove(http::header::AGE);
     headers.remove(http::header::PROXY_AUTHENTICATE);
-    headers.remove(SET_COOKIE);
-    if !headers.contains_key(DATE)
-        && let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(date))
-    {
-        headers.insert(DATE, value);
-    }
-    headers
 }
 
 impl Entry {
@@ -170,8 +181,9 @@ impl Entry {
         (directives, vary): (ResponseDirectives, Vary),
         generate_etag: bool,
     ) -> Self {
-        if generate_etag && !headers.contains_key(ETAG) {
-            headers.insert(ETAG, generated_etag(&body));
+        let generated = generate_etag && !headers.contains_key(ETAG);
+        if generated {
+            headers.insert(ETAG, self::generated_etag(&body));
         }
         let modified = freshness::last_modified(&headers)
             .or_else(|| freshness::date(&headers))
@@ -200,6 +212,7 @@ impl Entry {
             directives,
             vary,
             modified,
+            generated_etag: generated,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
         }
     }
@@ -209,15 +222,20 @@ impl Entry {
         self.headers.get(ETAG)
     }
 
-    /// Whether it has something to validate it by.
+    /// Whether the origin gave it something to validate it by.
     pub(crate) fn has_validator(&self) -> bool {
-        self.headers.contains_key(ETAG) || self.headers.contains_key(LAST_MODIFIED)
+        (self.headers.contains_key(ETAG) && !self.generated_etag)
+            || self.headers.contains_key(LAST_MODIFIED)
     }
 
     /// The conditional fields that ask the origin whether this entry is still current
-    /// (§4.3.1).
+    /// (§4.3.1): its own validators, never the cache's generated tag (with it, the origin
+    /// would ignore `If-Modified-Since`, RFC 9110 §13.1.3).
     pub(crate) fn validators(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
-        let etag = self.etag().map(|etag| (IF_NONE_MATCH, etag.clone()));
+        let etag = self
+            .etag()
+            .filter(|_| !self.generated_etag)
+            .map(|etag| (IF_NONE_MATCH, etag.clone()));
         let modified = self
             .headers
             .get(LAST_MODIFIED)
@@ -268,11 +286,13 @@ impl Entry {
     /// This entry's head updated by a 304 from the origin (§3.2): each field of the 304
     /// replaces the stored field of that name, except those the stored body depends on.
     pub(crate) fn merged_headers(&self, not_modified: &HeaderMap) -> HeaderMap {
+        let mut not_modified = not_modified.clone();
+        strip_hop_by_hop(&mut not_modified);
         let mut headers = self.headers.clone();
         let kept = [CONTENT_LENGTH, CONTENT_ENCODING, CONTENT_RANGE, ETAG];
         let mut replaced: Vec<&HeaderName> = Vec::new();
-        for (name, value) in not_modified {
-            if kept.contains(name) || HOP_BY_HOP.contains(name) {
+        for (name, value) in &not_modified {
+            if kept.contains(name) {
                 continue;
             }
             if !replaced.contains(&name) {

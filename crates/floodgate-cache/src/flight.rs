@@ -8,18 +8,27 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use std::time::Duration;
+
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::key::PrimaryKey;
 
 const SHARDS: usize = 16;
 
-type Shard = Mutex<HashMap<PrimaryKey, watch::Receiver<()>>>;
+/// A flight: its channel, and when it started.
+type Flight = (watch::Receiver<()>, Instant);
+type Shard = Mutex<HashMap<PrimaryKey, Flight>>;
 
 /// The fills in flight, by URI.
 pub(crate) struct Flights {
     shards: Box<[Shard]>,
     hasher: foldhash::quality::RandomState,
+    /// How long a flight makes others wait. An older one (its leader's client reads the
+    /// body slowly, or its origin hangs) no longer holds anyone back: the next miss leads
+    /// a new one.
+    timeout: Duration,
 }
 
 /// What a miss is to do.
@@ -31,10 +40,11 @@ pub(crate) enum Role {
 }
 
 impl Flights {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: foldhash::quality::RandomState::default(),
+            timeout,
         }
     }
 
@@ -49,13 +59,14 @@ impl Flights {
             .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(receiver) = shard.get(key)
+        if let Some((receiver, started)) = shard.get(key)
             && receiver.has_changed().is_ok()
+            && started.elapsed() < self.timeout
         {
             return Role::Follow(receiver.clone());
         }
         let (sender, receiver) = watch::channel(());
-        shard.insert(key.clone(), receiver);
+        shard.insert(key.clone(), (receiver, Instant::now()));
         Role::Lead(FlightGuard {
             flights: Arc::clone(self),
             key: key.clone(),
@@ -84,7 +95,7 @@ impl Drop for FlightGuard {
         // Remove the entry only if it is still this flight's.
         if shard
             .get(&self.key)
-            .is_some_and(|receiver| receiver.same_channel(&sender.subscribe()))
+            .is_some_and(|(receiver, _)| receiver.same_channel(&sender.subscribe()))
         {
             shard.remove(&self.key);
         }

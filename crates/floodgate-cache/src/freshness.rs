@@ -159,10 +159,17 @@ impl SignedDuration {
         }
     }
 
-    /// Whole seconds, rounded toward zero, negative when stale (`Cache-Status` `ttl`).
+    /// Whole seconds of freshness left, rounded down: negative as soon as the response
+    /// is stale (`Cache-Status` `ttl`).
     pub(crate) fn seconds(&self) -> i64 {
         let seconds = i64::try_from(self.magnitude.as_secs()).unwrap_or(i64::MAX);
-        if self.negative { -seconds } else { seconds }
+        if !self.negative {
+            seconds
+        } else if self.magnitude.subsec_nanos() > 0 {
+            -seconds - 1
+        } else {
+            -seconds
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use crate::flight::Flights;
 use crate::freshness::WallClock;
 use crate::key::PrimaryKey;
 use crate::service::Cache;
-use crate::store::Store;
+use crate::store::{Retention, Store};
 
 /// The settings every service of a layer reads.
 #[derive(Debug, Clone)]
@@ -160,9 +160,9 @@ impl CacheLayerBuilder {
         self
     }
 
-    /// How long a 200 without `Cache-Control` or `Expires` stays fresh (default: not at
-    /// all, so such responses are reused only after validation). Set it for an application
-    /// whose handlers say nothing about caching.
+    /// How long a 200 without `Cache-Control`, `Expires` or a `Last-Modified` to guess
+    /// from stays fresh (default: not at all, so such responses are reused only after
+    /// validation). Set it for an application whose handlers say nothing about caching.
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.settings.default_ttl = Some(ttl);
         self
@@ -246,8 +246,15 @@ impl CacheLayerBuilder {
             .unwrap_or(by_share.min(8 * 1024 * 1024));
         Ok(CacheLayer {
             shared: Arc::new(Shared {
-                store: Store::new(self.max_bytes, self.keep_stale),
-                flights: Arc::new(Flights::new()),
+                store: Store::new(
+                    self.max_bytes,
+                    Retention {
+                        keep: self.keep_stale,
+                        stale_while_revalidate: self.settings.stale_while_revalidate,
+                        stale_if_error: self.settings.stale_if_error,
+                    },
+                ),
+                flights: Arc::new(Flights::new(self.settings.coalesce_timeout)),
                 settings: self.settings,
                 clock: WallClock::new(),
                 hits: OnceLock::new(),

@@ -62,9 +62,24 @@
 //! - **Malformed** `Cache-Control` values never panic: a bad duration makes a response
 //!   stale, an overflowing one saturates at 2³¹ seconds (§1.2.2).
 //!
-//! What it does not do: `Range` requests are forwarded, never answered from the cache;
-//! `no-cache="field"` and `private="field"` are treated as their unqualified forms (both
-//! stricter, both allowed); a HEAD response does not refresh stored GETs (§4.3.5).
+//! # What it does not do (yet)
+//!
+//! - `Range` requests are forwarded (`fwd=bypass`), never answered from the cache.
+//! - `no-cache="field"` and `private="field"` are treated as their unqualified forms: both
+//!   stricter, both allowed.
+//! - A HEAD response does not refresh stored GETs (§4.3.5).
+//! - A 304 refreshes the entry that was revalidated without comparing the 304's own
+//!   validators with it (§4.3.4), and keeps the entry's variant if the 304 brings a new
+//!   `Vary`.
+//! - Coalescing is per URI, not per variant, and remembers no "uncacheable" verdict: the
+//!   followers of a miss whose response may not be stored wait for it (at most
+//!   `coalesce_timeout`), then go to the origin themselves.
+//! - Stale-while-revalidate refreshes one variant of a URI at a time; a refresh that
+//!   cannot be stored leaves the stale copy to be served until its window ends.
+//! - `max_entry_bytes` bounds each fill in flight; there is no budget for all of them
+//!   together.
+//! - `Cache-Status: …; stored` is written with the response head. A body that then turns
+//!   out longer than `max_entry_bytes`, has trailers or fails is not stored after all.
 
 mod body;
 mod directives;

@@ -79,8 +79,11 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<ResBody, S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    /// Always ready: a hit needs nothing from the inner service, and a request that goes
+    /// to it takes a clone and waits for that clone's readiness then, so no capacity is
+    /// reserved here that a hit would leave unused.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
@@ -117,8 +120,9 @@ enum Lookup<B> {
 
 /// A request the inner service must answer.
 enum Plan {
-    /// Not a method the cache answers; if unsafe, invalidate its URIs on success.
-    Pass { invalidates: bool },
+    /// Not a request the cache answers (another method, a `Range`); if unsafe,
+    /// invalidate its URIs on success.
+    Pass { invalidates: bool, forward: Forward },
     /// A GET or HEAD the cache could not answer.
     Fill {
         key: PrimaryKey,
@@ -150,6 +154,14 @@ fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
     if !(method == Method::GET || method == Method::HEAD) {
         return Lookup::Forward(Plan::Pass {
             invalidates: !is_safe(method),
+            forward: Forward::Method,
+        });
+    }
+    // Ranges are not served from storage, and a partial response is never stored.
+    if request.headers().contains_key(http::header::RANGE) {
+        return Lookup::Forward(Plan::Pass {
+            invalidates: false,
+            forward: Forward::Bypass,
         });
     }
     let headers = request.headers();
@@ -175,8 +187,12 @@ fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
     };
     // §3.5: a request with credentials is answered only by a response that said it may be.
     let stored = stored.filter(|entry| {
-        !headers.contains_key(AUTHORIZATION)
-            || entry::shareable_with_authorization(&entry.directives)
+        let allowed = !headers.contains_key(AUTHORIZATION)
+            || entry::shareable_with_authorization(&entry.directives);
+        if !allowed {
+            forward = Forward::Request;
+        }
+        allowed
     });
     if let Some(entry) = &stored {
         let left = entry.timing.fresh_for(now);
@@ -196,36 +212,8 @@ fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
                 ));
             }
             forward = Forward::Request;
-        } else if entry.directives.allows_stale() && !directives.no_cache {
-            let staleness = left.staleness();
-            // The client accepts this much staleness (§5.2.1.2).
-            if directives
-                .max_stale
-                .is_some_and(|max_stale| max_stale.accepts(staleness))
-            {
-                let status = CacheStatus {
-                    detail: Some("max-stale"),
-                    ..CacheStatus::hit(left.seconds())
-                };
-                return Lookup::Serve(hit(shared, entry, request, status, now));
-            }
-            let window = entry
-                .directives
-                .stale_while_revalidate
-                .unwrap_or(shared.settings.stale_while_revalidate);
-            if staleness < window && directives.max_age.is_none() && directives.min_fresh.is_none()
-            {
-                metrics::counter!(CACHE_STALE_TOTAL.name, LABEL_OUTCOME => "stale_while_revalidate")
-                    .increment(1);
-                let status = CacheStatus {
-                    detail: Some("stale-while-revalidate"),
-                    ..CacheStatus::hit(left.seconds())
-                };
-                return Lookup::ServeAndRefresh(
-                    hit(shared, entry, request, status, now),
-                    Arc::clone(entry),
-                );
-            }
+        } else if let Some(stale) = stale_hit(shared, entry, request, &directives, now) {
+            return stale;
         }
     }
     if directives.only_if_cached {
@@ -241,6 +229,49 @@ fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
         forward,
         directives,
     })
+}
+
+/// A stale `entry` served anyway, if the client accepts it (`max-stale`, §5.2.1.2) or
+/// while it may be refreshed in the background (`stale-while-revalidate`, RFC 5861 §3).
+/// Never for a response that forbids serving it stale, nor for a client that wants it
+/// validated.
+fn stale_hit<B, R>(
+    shared: &Shared,
+    entry: &Arc<Entry>,
+    request: &Request<R>,
+    directives: &RequestDirectives,
+    now: Instant,
+) -> Option<Lookup<B>> {
+    if !entry.directives.allows_stale() || directives.no_cache {
+        return None;
+    }
+    let left = entry.timing.fresh_for(now);
+    let staleness = left.staleness();
+    if directives
+        .max_stale
+        .is_some_and(|max_stale| max_stale.accepts(staleness))
+    {
+        let status = CacheStatus {
+            detail: Some("max-stale"),
+            ..CacheStatus::hit(left.seconds())
+        };
+        return Some(Lookup::Serve(hit(shared, entry, request, status, now)));
+    }
+    let window = entry
+        .directives
+        .stale_while_revalidate
+        .unwrap_or(shared.settings.stale_while_revalidate);
+    if staleness < window && directives.max_age.is_none() && directives.min_fresh.is_none() {
+        metrics::counter!(CACHE_STALE_TOTAL.name, LABEL_OUTCOME => "stale_while_revalidate")
+            .increment(1);
+        let status = CacheStatus {
+            detail: Some("stale-while-revalidate"),
+            ..CacheStatus::hit(left.seconds())
+        };
+        let response = hit(shared, entry, request, status, now);
+        return Some(Lookup::ServeAndRefresh(response, Arc::clone(entry)));
+    }
+    None
 }
 
 /// The response `entry` gives `request`: the stored one, or a 304 when the request's
@@ -301,7 +332,10 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     match plan {
-        Plan::Pass { invalidates } => {
+        Plan::Pass {
+            invalidates,
+            forward,
+        } => {
             let uri = request.uri().clone();
             let host = key::request_host(&uri, request.headers()).map(str::to_owned);
             let mut response = inner.oneshot(request).await?;
@@ -310,7 +344,7 @@ where
             if invalidates && (status.is_success() || status.is_redirection()) {
                 invalidate_after_write(&shared, &uri, host.as_deref(), response.headers());
             }
-            CacheStatus::forwarded(Forward::Method).append_to(response.headers_mut());
+            CacheStatus::forwarded(forward).append_to(response.headers_mut());
             Ok(response.map(CacheBody::inner))
         }
         Plan::Fill {
@@ -372,7 +406,7 @@ where
     let mut guard = None;
     // HEAD only reads the cache, and a request that may not be stored has nothing to share.
     if !head && !directives.no_store {
-        match coalesce(&shared, &key, &request).await {
+        match coalesce(&shared, &key, &request, forward).await {
             Coalesced::Lead(leading) => guard = Some(leading),
             Coalesced::Served(response) => return Ok(response),
             Coalesced::Alone => collapsed = Some(false),
@@ -396,7 +430,12 @@ where
     let result = inner.oneshot(Request::from_parts(parts, body)).await;
     let received = Instant::now();
 
-    let stale_if_error = |entry: &&Arc<Entry>| stale_if_error_allows(&shared, entry, received);
+    // Not for a client that asked for validation or for a younger response itself.
+    let stale_if_error = |entry: &&Arc<Entry>| {
+        !directives.no_cache
+            && directives.max_age.is_none()
+            && stale_if_error_allows(&shared, entry, received)
+    };
     let response = match result {
         Ok(response) => response,
         Err(error) => {
@@ -424,16 +463,13 @@ where
     if status == StatusCode::NOT_MODIFIED
         && let Some(entry) = revalidating
     {
-        drop(guard);
         let times = (started, requested, received);
-        return Ok(answer_revalidated(
-            &shared,
-            key,
-            entry,
-            response.headers(),
-            client,
-            times,
-        ));
+        // A request that says `no-store` refreshes nothing (§5.2.1.5).
+        let key = (!directives.no_store).then_some(key);
+        let answer = answer_revalidated(&shared, key, entry, response.headers(), client, times);
+        // Only now, with the refreshed entry in place, do the followers look.
+        drop(guard);
+        return Ok(answer);
     }
 
     let status_member = CacheStatus {
@@ -469,7 +505,7 @@ where
 
 /// The inner service's response on its way to the client: copied into the cache as it
 /// streams when `admitted`, passed through otherwise. Either way with its `Cache-Status`.
-fn store_as_it_streams<B>(
+fn store_as_it_streams<B: Body>(
     shared: &Arc<Shared>,
     key: PrimaryKey,
     response: Response<B>,
@@ -532,7 +568,12 @@ enum Coalesced<B> {
 }
 
 /// Leads the fill of `key`, or waits (bounded) for the one in flight and looks again.
-async fn coalesce<B, R>(shared: &Shared, key: &PrimaryKey, request: &Request<R>) -> Coalesced<B> {
+async fn coalesce<B, R>(
+    shared: &Shared,
+    key: &PrimaryKey,
+    request: &Request<R>,
+    forward: Forward,
+) -> Coalesced<B> {
     let flight = match shared.flights.join(key) {
         Role::Lead(guard) => return Coalesced::Lead(guard),
         Role::Follow(flight) => flight,
@@ -542,7 +583,7 @@ async fn coalesce<B, R>(shared: &Shared, key: &PrimaryKey, request: &Request<R>)
         .is_ok();
     if landed && let Lookup::Serve(mut response) = lookup::<B, _>(shared, request) {
         metrics::counter!(CACHE_COALESCED_TOTAL.name, LABEL_OUTCOME => "served").increment(1);
-        mark_collapsed(response.headers_mut());
+        mark_collapsed(response.headers_mut(), forward);
         return Coalesced::Served(response);
     }
     metrics::counter!(CACHE_COALESCED_TOTAL.name, LABEL_OUTCOME => "forwarded").increment(1);
@@ -554,7 +595,7 @@ async fn coalesce<B, R>(shared: &Shared, key: &PrimaryKey, request: &Request<R>)
 /// conditions.
 fn answer_revalidated<B>(
     shared: &Shared,
-    key: PrimaryKey,
+    key: Option<PrimaryKey>,
     entry: &Arc<Entry>,
     not_modified: &HeaderMap,
     client: Client,
@@ -569,7 +610,8 @@ fn answer_revalidated<B>(
     );
     let stored = refreshed
         .as_ref()
-        .map(|fresh| shared.store.insert(key, Arc::clone(fresh), started).is_ok());
+        .zip(key)
+        .map(|(fresh, key)| shared.store.insert(key, Arc::clone(fresh), started).is_ok());
     let served = refreshed.as_ref().unwrap_or(entry);
     let status = CacheStatus {
         forward_status: Some(304),
@@ -606,10 +648,12 @@ fn serve_stale_on_error<B>(
     now: Instant,
 ) -> Response<CacheBody<B>> {
     metrics::counter!(CACHE_STALE_TOTAL.name, LABEL_OUTCOME => "stale_if_error").increment(1);
+    // It went forward, and what came back was not used (RFC 9211 §2.2).
     let status = CacheStatus {
         forward_status: failed_status.map(|status| status.as_u16()),
+        ttl: Some(entry.timing.fresh_for(now).seconds()),
         detail: Some("stale-if-error"),
-        ..CacheStatus::hit(entry.timing.fresh_for(now).seconds())
+        ..CacheStatus::forwarded(Forward::Stale)
     };
     let request = Request::from_parts(
         Client {
@@ -622,13 +666,20 @@ fn serve_stale_on_error<B>(
     hit(shared, entry, &request, status, now)
 }
 
-fn mark_collapsed(headers: &mut HeaderMap) {
-    // The lookup's member says `hit`; a follower was answered by another's fill.
-    if let Some(value) = headers.get_mut("cache-status")
+/// Turns the lookup's `hit` member into a collapsed forward: the request went forward,
+/// together with another, and was answered by what that one stored (RFC 9211 §2.2).
+fn mark_collapsed(headers: &mut HeaderMap, forward: Forward) {
+    if let Some(value) = headers.get_mut(&CACHE_STATUS)
         && let Ok(text) = value.to_str()
-        && let Ok(collapsed) = HeaderValue::try_from(format!("{text}; collapsed"))
+        && let Some((upstream, ours)) = text.rsplit_once("floodgate; hit")
     {
-        *value = collapsed;
+        let member = format!(
+            "{upstream}floodgate; fwd={}{ours}; collapsed",
+            forward.as_str()
+        );
+        if let Ok(collapsed) = HeaderValue::try_from(member) {
+            *value = collapsed;
+        }
     }
 }
 

@@ -17,16 +17,19 @@ pub(crate) enum Forward {
     Request,
     /// Stored but stale: validated or replaced.
     Stale,
+    /// The cache does not answer this kind of request (a `Range` request).
+    Bypass,
 }
 
 impl Forward {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Forward::Method => "method",
             Forward::UriMiss => "uri-miss",
             Forward::VaryMiss => "vary-miss",
             Forward::Request => "request",
             Forward::Stale => "stale",
+            Forward::Bypass => "bypass",
         }
     }
 }

@@ -59,13 +59,13 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    /// A store of at most `max_bytes`, keeping each entry for its freshness plus `keep`
-    /// (the longest it could still be served stale or be revalidated).
-    pub(crate) fn new(max_bytes: u64, keep: Duration) -> Self {
+    /// A store of at most `max_bytes`, keeping each entry for its freshness plus the
+    /// longest it could still be served stale or revalidated (see [`Retention`]).
+    pub(crate) fn new(max_bytes: u64, retention: Retention) -> Self {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &PrimaryKey, resource: &Arc<Resource>| resource.weight(key))
-            .expire_after(Retention { keep })
+            .expire_after(retention)
             .eviction_listener(|_, _, cause| {
                 if cause == RemovalCause::Size {
                     metrics::counter!(CACHE_EVICTIONS_TOTAL.name).increment(1);
@@ -73,8 +73,10 @@ impl Store {
             })
             .support_invalidation_closures()
             .build();
+        // LRU, not TinyLFU: a new invalidation must always be admitted.
         let invalidated = Cache::builder()
             .max_capacity(100_000)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
             .time_to_live(INVALIDATION_MEMORY)
             .build();
         Self {
@@ -104,10 +106,15 @@ impl Store {
         entry: Arc<Entry>,
         started: u64,
     ) -> Result<(), NotStored> {
-        if self.was_invalidated(&key, started) {
-            return Err(NotStored::Invalidated);
-        }
-        self.entries.entry(key).and_compute_with(move |existing| {
+        // Checked inside the compute, which holds the key: an invalidation either comes
+        // before (and is seen here) or removes what this puts.
+        let mut invalidated = false;
+        let check = key.clone();
+        self.entries.entry(key).and_compute_with(|existing| {
+            if self.was_invalidated(&check, started) {
+                invalidated = true;
+                return Op::Nop;
+            }
             let vary = entry.vary.clone();
             let secondary = entry.secondary.clone();
             let mut variants = vec![entry];
@@ -126,6 +133,9 @@ impl Store {
             }
             Op::Put(Arc::new(Resource { vary, variants }))
         });
+        if invalidated {
+            return Err(NotStored::Invalidated);
+        }
         self.record_size();
         Ok(())
     }
@@ -190,8 +200,13 @@ impl std::fmt::Debug for Store {
 }
 
 /// How long moka keeps a URI: until its longest-lived variant is past use.
-struct Retention {
-    keep: Duration,
+pub(crate) struct Retention {
+    /// How long a stale entry with a validator is kept for revalidation.
+    pub(crate) keep: Duration,
+    /// The layer's stale-while-revalidate and stale-if-error windows, for responses that
+    /// do not give their own.
+    pub(crate) stale_while_revalidate: Duration,
+    pub(crate) stale_if_error: Duration,
 }
 
 impl Retention {
@@ -206,16 +221,21 @@ impl Retention {
                 } else {
                     left.magnitude
                 };
-                let stale = entry
-                    .directives
-                    .stale_while_revalidate
-                    .unwrap_or_default()
-                    .max(entry.directives.stale_if_error.unwrap_or_default())
-                    .max(if entry.has_validator() {
-                        self.keep
-                    } else {
-                        Duration::ZERO
-                    });
+                let directives = &entry.directives;
+                let serve_stale = if directives.allows_stale() {
+                    let window = directives
+                        .stale_while_revalidate
+                        .unwrap_or(self.stale_while_revalidate);
+                    window.max(directives.stale_if_error.unwrap_or(self.stale_if_error))
+                } else {
+                    Duration::ZERO
+                };
+                let revalidate = if entry.has_validator() {
+                    self.keep
+                } else {
+                    Duration::ZERO
+                };
+                let stale = serve_stale.max(revalidate);
                 fresh.saturating_add(stale)
             })
             .max()

@@ -706,9 +706,10 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_exactly_once() {
     for _ in 0..5 {
         let stale = client.get("/w", &[]).await;
         assert_eq!(stale.body, "old");
+        // 1.1 s stale (the first fetch took 0.1 s, counted in its age), rounded down.
         assert_eq!(
             stale.cache_status(),
-            "floodgate; hit; ttl=-1; detail=stale-while-revalidate"
+            "floodgate; hit; ttl=-2; detail=stale-while-revalidate"
         );
     }
     // Let the one background refresh finish.
@@ -754,7 +755,7 @@ async fn stale_if_error_covers_5xx_and_failures_unless_revalidation_is_required(
             );
             assert_eq!(
                 on_503.cache_status(),
-                "floodgate; hit; fwd-status=503; ttl=-4; detail=stale-if-error"
+                "floodgate; fwd=stale; fwd-status=503; ttl=-4; detail=stale-if-error"
             );
             let on_error = on_error.expect("served stale");
             assert_eq!(on_error.body, "kept");
@@ -1016,4 +1017,147 @@ async fn a_fill_overtaken_by_a_write_is_not_stored() {
         "{}",
         next.cache_status()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_of_known_length_is_stored_when_its_last_byte_is_read() {
+    // hyper stops polling a body once it says it has ended: the fill must not wait for a
+    // poll that returns `None`.
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "sized");
+    let client = client(&origin, cache());
+    let response = client
+        .service
+        .clone()
+        .oneshot(get_request("/sized"))
+        .await
+        .expect("answered");
+    let mut body = response.into_body();
+    let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+    assert!(frame.is_some_and(|frame| frame.is_ok()));
+    assert!(body.is_end_stream());
+    drop(body);
+    assert_eq!(
+        client.get("/sized", &[]).await.cache_status(),
+        "floodgate; hit; ttl=60"
+    );
+
+    let empty = Origin::fixed(&[("cache-control", "max-age=60")], "");
+    let client = self::client(&empty, cache());
+    let response = client
+        .service
+        .clone()
+        .oneshot(get_request("/empty"))
+        .await
+        .expect("answered");
+    assert!(response.body().is_end_stream(), "never polled by hyper");
+    drop(response);
+    assert_eq!(
+        client.get("/empty", &[]).await.cache_status(),
+        "floodgate; hit; ttl=60"
+    );
+}
+
+fn get_request(path: &str) -> Request<RequestBody> {
+    Request::get(path)
+        .body(RequestBody::default())
+        .expect("valid")
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layer_reserves_nothing_downstream_in_poll_ready() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page");
+    let layer = cache().build().expect("valid");
+    let mut service = tower::ServiceBuilder::new()
+        .layer(layer)
+        .concurrency_limit(1)
+        .service(origin.service());
+    for _ in 0..3 {
+        let response = tokio::time::timeout(Duration::from_secs(1), async {
+            service.ready().await?.call(get_request("/p")).await
+        })
+        .await
+        .expect("a ready cache does not hold the only permit while a clone waits for it")
+        .expect("answered");
+        let _ = response.into_body().collect().await;
+    }
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn revalidation_sends_the_origins_validators_only_and_no_store_refreshes_nothing() {
+    let origin = Origin::new(|request, _| {
+        if request.headers().contains_key("if-modified-since") {
+            Ok(response(304, &[("cache-control", "max-age=100")], ""))
+        } else {
+            let fields = [
+                ("cache-control", "max-age=1"),
+                ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+            ];
+            Ok(response(200, &fields, "page"))
+        }
+    });
+    let client = client(&origin, cache());
+    let first = client.get("/r", &[]).await;
+    assert!(
+        first.header("etag").is_empty(),
+        "the generated tag is for hits"
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let no_store = client.get("/r", &[("cache-control", "no-store")]).await;
+    assert_eq!(no_store.status, StatusCode::OK);
+    let sent = origin.last_seen();
+    assert!(sent.contains_key("if-modified-since"));
+    assert!(
+        !sent.contains_key("if-none-match"),
+        "the origin never issued the cache's own tag"
+    );
+    assert!(
+        !no_store.cache_status().contains("; stored"),
+        "{}",
+        no_store.cache_status()
+    );
+    let next = client.get("/r", &[]).await;
+    assert!(
+        next.cache_status().starts_with("floodgate; fwd=stale"),
+        "{}",
+        next.cache_status()
+    );
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_leader_holds_followers_back_only_until_the_coalesce_timeout() {
+    let origin =
+        Origin::fixed(&[("cache-control", "max-age=60")], "page").delayed(Duration::from_secs(30));
+    let client = Arc::new(client(
+        &origin,
+        cache().coalesce_timeout(Duration::from_secs(1)),
+    ));
+    let leader = {
+        let client = Arc::clone(&client);
+        tokio::spawn(async move { client.get("/slow", &[]).await })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let start = tokio::time::Instant::now();
+    let late = {
+        let client = Arc::clone(&client);
+        tokio::spawn(async move { client.get("/slow", &[]).await })
+    };
+    let _ = late.await.expect("no panic");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(30),
+        "no wait for the stale flight first"
+    );
+    let _ = leader.await.expect("no panic");
+}
+
+#[tokio::test(start_paused = true)]
+async fn range_requests_bypass_the_cache() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page");
+    let client = client(&origin, cache());
+    let _ = client.get("/r", &[]).await;
+    let ranged = client.get("/r", &[("range", "bytes=0-1")]).await;
+    assert_eq!(ranged.cache_status(), "floodgate; fwd=bypass");
+    assert_eq!(origin.calls(), 2);
 }
