@@ -73,6 +73,6 @@ pub use floodgate_redis as redis;
 pub use floodgate_shed as shed;
 
 /// The README's examples, compiled and run as doc tests.
-#[cfg(all(doctest, feature = "ratelimit", feature = "shed"))]
+#[cfg(all(doctest, feature = "ratelimit", feature = "redis", feature = "shed"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

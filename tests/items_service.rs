@@ -471,3 +471,41 @@ async fn two_replicas_on_one_redis_share_the_write_limit() {
         "one limit of 3 for both replicas"
     );
 }
+
+#[tokio::test]
+async fn reads_are_cached_and_every_write_drops_them() {
+    let address = start(&[]).await;
+    let status = |reply: &Reply| reply.header("cache-status").unwrap_or_default().to_owned();
+    let first = support::send(address, "GET", "/items?limit=5", &[]).await;
+    assert!(
+        status(&first).contains("fwd=uri-miss"),
+        "{}",
+        status(&first)
+    );
+    assert_eq!(first.header("cache-control"), Some("s-maxage=30"));
+    let second = support::send(address, "GET", "/items?limit=5", &[]).await;
+    assert!(status(&second).contains("hit"), "{}", status(&second));
+
+    let created = post(address, &json!({"name": "new"})).await;
+    assert_eq!(created.status, 201);
+    let listed = support::send(address, "GET", "/items?limit=5", &[]).await;
+    assert!(
+        status(&listed).contains("fwd=uri-miss"),
+        "{}",
+        status(&listed)
+    );
+    assert_eq!(json_of(&listed)["total"], 1, "the write is visible at once");
+
+    let _ = support::send(address, "GET", "/items/1", &[]).await;
+    let replaced = support::send_body(
+        address,
+        "PUT",
+        "/items/1",
+        &[JSON],
+        br#"{"name":"renamed"}"#,
+    )
+    .await;
+    assert_eq!(replaced.status, 200);
+    let read = support::send(address, "GET", "/items/1", &[]).await;
+    assert_eq!(json_of(&read)["name"], "renamed");
+}

@@ -182,6 +182,8 @@ impl Store {
     }
 
     fn record_size(&self) {
+        // moka counts weights lazily: settle them so the gauge tells the truth.
+        self.entries.run_pending_tasks();
         #[allow(
             clippy::cast_precision_loss,
             reason = "a gauge of bytes, far below 2^52"

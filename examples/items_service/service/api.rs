@@ -3,12 +3,14 @@
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::problem::{ApiError, FieldError};
-use super::storage::{Item, ItemFields, Page, Store};
+use floodgate_cache::CacheHandle;
+
+use super::storage::{Item, ItemFields, Store};
 
 /// Items per page when the client does not say.
 pub(crate) const DEFAULT_PAGE: u32 = 20;
@@ -84,11 +86,33 @@ impl ItemBody {
     }
 }
 
+/// What the handlers share: the database, and the cache in front of them.
+#[derive(Debug, Clone)]
+pub(crate) struct App {
+    pub(crate) store: Store,
+    pub(crate) cache: CacheHandle,
+    /// What reads say about caching: `s-maxage`, so that this service's cache keeps them
+    /// (and drops them on every write) while clients revalidate each time.
+    pub(crate) cache_control: HeaderValue,
+}
+
+impl App {
+    /// After a write, nothing stored under `/items` is current: every list page may have
+    /// changed, not only the item's own URI (which the cache drops by itself).
+    fn written(&self) {
+        self.cache.purge_prefix("/items");
+    }
+
+    fn cacheable<T>(&self, body: T) -> ([(HeaderName, HeaderValue); 1], T) {
+        ([(header::CACHE_CONTROL, self.cache_control.clone())], body)
+    }
+}
+
 /// `GET /items`: one page of items, in id order, with the total.
 pub(crate) async fn list(
-    State(store): State<Store>,
+    State(app): State<App>,
     query: Result<Query<PageQuery>, QueryRejection>,
-) -> Result<Json<Page>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
@@ -97,25 +121,28 @@ pub(crate) async fn list(
             message: "must be between 1 and 100",
         }]));
     }
-    Ok(Json(store.list(limit, query.offset.unwrap_or(0)).await?))
+    let page = app.store.list(limit, query.offset.unwrap_or(0)).await?;
+    Ok(app.cacheable(Json(page)))
 }
 
 /// `GET /items/{id}`.
 pub(crate) async fn get(
-    State(store): State<Store>,
+    State(app): State<App>,
     id: Result<Path<i64>, PathRejection>,
-) -> Result<Json<Item>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let Path(id) = id?;
-    store.get(id).await?.map(Json).ok_or(ApiError::NotFound)
+    let item = app.store.get(id).await?.ok_or(ApiError::NotFound)?;
+    Ok(app.cacheable(Json(item)))
 }
 
 /// `POST /items`: 201 with the stored item and its `Location`.
 pub(crate) async fn create(
-    State(store): State<Store>,
+    State(app): State<App>,
     body: Result<Json<ItemBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
-    let item = store.create(&body.validate()?).await?;
+    let item = app.store.create(&body.validate()?).await?;
+    app.written();
     let location = format!("/items/{}", item.id);
     Ok((
         StatusCode::CREATED,
@@ -127,27 +154,30 @@ pub(crate) async fn create(
 
 /// `PUT /items/{id}`: replaces every field of an existing item.
 pub(crate) async fn replace(
-    State(store): State<Store>,
+    State(app): State<App>,
     id: Result<Path<i64>, PathRejection>,
     body: Result<Json<ItemBody>, JsonRejection>,
 ) -> Result<Json<Item>, ApiError> {
     let Path(id) = id?;
     let Json(body) = body?;
     let fields = body.validate()?;
-    store
+    let item = app
+        .store
         .update(id, &fields)
         .await?
-        .map(Json)
-        .ok_or(ApiError::NotFound)
+        .ok_or(ApiError::NotFound)?;
+    app.written();
+    Ok(Json(item))
 }
 
 /// `DELETE /items/{id}`: 204, or 404 when there was nothing to delete.
 pub(crate) async fn delete(
-    State(store): State<Store>,
+    State(app): State<App>,
     id: Result<Path<i64>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Path(id) = id?;
-    if store.delete(id).await? {
+    if app.store.delete(id).await? {
+        app.written();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)

@@ -13,11 +13,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::State;
-use axum::http::{HeaderName, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Parser;
 use floodgate::key::{ClientIp, Header, IpCidr, OnKeyError};
+use floodgate_cache::CacheLayer;
 use floodgate_compression::{CompressionLayer, RequestDecompressionLayer};
 use floodgate_ratelimit::{OnStoreError, Policy, Quota, RateLimitLayer};
 use floodgate_redis::RedisStore;
@@ -87,6 +88,13 @@ pub(crate) struct Settings {
     /// Longest time a request may take, in milliseconds, before a 503.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub(crate) request_timeout_ms: u64,
+    /// How long this service's cache keeps a read, in seconds (`s-maxage`); every write
+    /// drops what it stored at once.
+    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 30)]
+    pub(crate) cache_ttl_secs: u32,
+    /// Most bytes the response cache holds.
+    #[arg(long, env = "CACHE_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub(crate) cache_max_bytes: u64,
     /// Largest request body, in bytes, before and after decompression.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub(crate) max_body_bytes: usize,
@@ -106,16 +114,19 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Read from the outside in, a request meets:
 /// 1. a request id (`x-request-id`, made unless the client sent one, echoed back) and a
 ///    tracing span that carries it;
-/// 2. panic catching (500 problem) and a request timeout (503);
+/// 2. request metrics, panic catching (500 problem) and a request timeout (503);
 /// 3. the rate limits: per client IP (token bucket), and per API key on writes (sliding
 ///    window): the seeds' NGINX `limit_req` plus fastapi-limiter; in Redis when
 ///    `shared_limits` is given, so that every replica enforces one limit together;
-/// 4. the concurrency limit with its bounded queue (503 past it);
-/// 5. gzip of responses, and decoding of compressed uploads, both with size limits;
-/// 6. the body limit, then the handlers and the database.
+/// 4. the response cache: a hit is answered here, without a slot of the concurrency
+///    limit; reads say `s-maxage`, and every write drops what it stored under `/items`;
+/// 5. the concurrency limit with its bounded queue (503 past it);
+/// 6. gzip of responses (so the cache stores each page compressed, once), and decoding of
+///    compressed uploads, both with size limits;
+/// 7. the body limit, then the handlers and the database.
 ///
-/// `/health` and `/metrics` sit outside the limits (steps 3–6), so an overloaded or
-/// limited service still answers its probes.
+/// `/health` and `/metrics` sit outside the limits and the cache (steps 3–7), so an
+/// overloaded or limited service still answers its probes.
 pub(crate) fn app(
     settings: &Settings,
     store: Store,
@@ -162,6 +173,15 @@ pub(crate) fn app(
         .max_queue_time(Duration::from_millis(settings.max_queue_ms))
         .build()
         .map_err(|error| format!("concurrency limit settings: {error}"))?;
+    let cache = CacheLayer::builder()
+        .max_bytes(settings.cache_max_bytes)
+        .build()
+        .map_err(|error| format!("cache settings: {error}"))?;
+    let app = api::App {
+        store: store.clone(),
+        cache: cache.handle(),
+        cache_control: HeaderValue::try_from(format!("s-maxage={}", settings.cache_ttl_secs))?,
+    };
     let compression = CompressionLayer::new()
         .level(settings.gzip_level)
         .map_err(|error| format!("--gzip-level: {error}"))?;
@@ -176,12 +196,13 @@ pub(crate) fn app(
             get(api::get).put(api::replace).delete(api::delete),
         )
         .fallback(api::no_route)
-        .with_state(store.clone())
+        .with_state(app)
         // Layers added later wrap the ones before: the last `.layer` is the outermost.
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(decompression)
         .layer(compression)
         .layer(concurrency)
+        .layer(cache)
         .layer(rate_limits);
 
     let probes = Router::new()
