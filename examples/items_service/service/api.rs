@@ -5,11 +5,10 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use floodgate_cache::CacheHandle;
 use serde::Deserialize;
 
 use super::problem::{ApiError, FieldError};
-use floodgate_cache::CacheHandle;
-
 use super::storage::{Item, ItemFields, Store};
 
 /// Items per page when the client does not say.

@@ -65,6 +65,13 @@ impl ApiError {
             Self::Database(_) => "The database failed; try again later.".to_owned(),
         }
     }
+
+    fn field_errors(&self) -> &[FieldError] {
+        match self {
+            Self::Invalid(errors) => errors,
+            _ => &[],
+        }
+    }
 }
 
 impl From<JsonRejection> for ApiError {
@@ -97,15 +104,6 @@ impl IntoResponse for ApiError {
             tracing::error!(%error, "database error");
         }
         problem(self.status(), self.detail(), self.field_errors())
-    }
-}
-
-impl ApiError {
-    fn field_errors(&self) -> &[FieldError] {
-        match self {
-            Self::Invalid(errors) => errors,
-            _ => &[],
-        }
     }
 }
 
