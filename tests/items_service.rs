@@ -39,16 +39,9 @@ async fn start_with(settings: &Settings) -> (SocketAddr, Store) {
         .await
         .expect("the database opens");
     let telemetry = Telemetry::install().expect("the recorder installs");
-    let shared_limits = match &settings.redis_url {
-        Some(url) => Some(
-            floodgate_redis::RedisStore::connect(url)
-                .await
-                .expect("Redis is up"),
-        ),
-        None => None,
-    };
-    let app =
-        service::app(settings, store.clone(), telemetry, shared_limits).expect("valid settings");
+    let app = service::build(settings, store.clone(), telemetry)
+        .await
+        .expect("valid settings, and Redis up if named");
     (support::serve(app).await, store)
 }
 
@@ -405,13 +398,9 @@ async fn shutdown_stops_accepting_and_returns() {
     let store = Store::open(&settings.database_url, 1)
         .await
         .expect("the database opens");
-    let app = service::app(
-        &settings,
-        store,
-        Telemetry::install().expect("recorder"),
-        None,
-    )
-    .expect("valid");
+    let app = service::build(&settings, store, Telemetry::install().expect("recorder"))
+        .await
+        .expect("valid");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a port");
@@ -508,4 +497,58 @@ async fn reads_are_cached_and_every_write_drops_them() {
     assert_eq!(replaced.status, 200);
     let read = support::send(address, "GET", "/items/1", &[]).await;
     assert_eq!(json_of(&read)["name"], "renamed");
+}
+
+#[tokio::test]
+async fn a_write_through_one_replica_is_read_through_another() {
+    let Some(redis) = redis_support::RedisServer::new() else {
+        return;
+    };
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let database = format!("sqlite://{}", directory.path().join("shared.db").display());
+    let url = redis.url();
+    let replica = || {
+        settings(&[
+            "--database-url",
+            &database,
+            "--redis-url",
+            &url,
+            "--redis-deadline-ms",
+            "500",
+        ])
+    };
+    let (a, _) = start_with(&replica()).await;
+    let (b, _) = start_with(&replica()).await;
+
+    let created = post(a, &json!({"name": "first"})).await;
+    assert_eq!(created.status, 201);
+    let id = json_of(&created)["id"].as_i64().expect("an id");
+    let path = format!("/items/{id}");
+    // B reads it, and now holds it in its cache.
+    assert_eq!(
+        json_of(&support::send(b, "GET", &path, &[]).await)["name"],
+        "first"
+    );
+    let cached = support::send(b, "GET", &path, &[]).await;
+    assert!(
+        cached
+            .header("cache-status")
+            .is_some_and(|status| status.contains("hit"))
+    );
+
+    let renamed = support::send_body(a, "PUT", &path, &[JSON], br#"{"name":"second"}"#).await;
+    assert_eq!(renamed.status, 200);
+    // Delivery goes through Redis: wait for B to hear it, boundedly.
+    let mut name = Value::Null;
+    for _ in 0..100 {
+        name = json_of(&support::send(b, "GET", &path, &[]).await)["name"].clone();
+        if name == "second" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        name, "second",
+        "B no longer serves the old item from its cache"
+    );
 }

@@ -43,11 +43,7 @@ fn main() -> Result<(), service::BoxError> {
 async fn run(settings: Settings) -> Result<(), service::BoxError> {
     let telemetry = Telemetry::install()?;
     let store = Store::open(&settings.database_url, settings.database_max_connections).await?;
-    let shared_limits = match &settings.redis_url {
-        Some(url) => Some(floodgate_redis::RedisStore::connect(url).await?),
-        None => None,
-    };
-    let app = service::app(&settings, store.clone(), telemetry, shared_limits)?;
+    let app = service::build(&settings, store.clone(), telemetry).await?;
     let listener = tokio::net::TcpListener::bind(settings.bind).await?;
     tracing::info!(
         address = %listener.local_addr()?,

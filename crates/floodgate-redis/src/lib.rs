@@ -84,14 +84,22 @@
 //!   [`StoreError::Failed`](floodgate_ratelimit::StoreError::Failed). A Redis without
 //!   persistence forgets every count when it restarts: clients start afresh.
 //!
+//! # Between replicas
+//!
+//! [`Broadcast`] carries short messages from one replica to every other over a Redis
+//! channel: the replicas of a service publish what a write made stale, so that none of
+//! them keeps serving an old copy from its own response cache.
+//!
 //! Needs Redis 3.2 or later (tested with 7.0). Policy names become part of the keys. A
 //! layer's policy names are HTTP tokens, which cannot contain `:`, so no two policies'
 //! keys can meet; a caller of [`RateLimitStore::check`](floodgate_ratelimit::RateLimitStore)
 //! with its own names should keep that rule (`a:b` + `c` and `a` + `b:c` would meet).
 
+mod broadcast;
 mod error;
 mod script;
 mod store;
 
+pub use broadcast::{Broadcast, Heard};
 pub use error::RedisStoreError;
 pub use store::{RedisClock, RedisStore, RedisStoreBuilder};

@@ -5,11 +5,19 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+
 use floodgate_cache::CacheHandle;
+use floodgate_redis::Broadcast;
 use serde::Deserialize;
 
 use super::problem::{ApiError, FieldError};
 use super::storage::{Item, ItemFields, Store};
+
+/// What a write makes stale.
+const ITEMS: &str = "/items";
+/// How long a write waits for Redis to take its invalidation.
+const PUBLISH_DEADLINE: Duration = Duration::from_millis(100);
 
 /// Items per page when the client does not say.
 pub(crate) const DEFAULT_PAGE: u32 = 20;
@@ -90,6 +98,8 @@ impl ItemBody {
 pub(crate) struct App {
     pub(crate) store: Store,
     pub(crate) cache: CacheHandle,
+    /// The other replicas, told what each write made stale.
+    pub(crate) invalidations: Option<Broadcast>,
     /// What reads say about caching: `s-maxage`, so that this service's cache keeps them
     /// (and drops them on every write) while clients revalidate each time.
     pub(crate) cache_control: HeaderValue,
@@ -97,9 +107,19 @@ pub(crate) struct App {
 
 impl App {
     /// After a write, nothing stored under `/items` is current: every list page may have
-    /// changed, not only the item's own URI (which the cache drops by itself).
-    fn written(&self) {
-        self.cache.purge_prefix("/items");
+    /// changed, not only the item's own URI (which the cache drops by itself). The other
+    /// replicas' caches are told too. If Redis does not take the message, they serve what
+    /// they hold for at most its `s-maxage`; the write itself stands.
+    async fn written(&self) {
+        self.cache.purge_prefix(ITEMS);
+        if let Some(invalidations) = &self.invalidations {
+            let published = tokio::time::timeout(PUBLISH_DEADLINE, invalidations.publish(ITEMS));
+            match published.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "could not tell the other replicas"),
+                Err(_) => tracing::warn!("telling the other replicas took too long"),
+            }
+        }
     }
 
     fn cacheable<T>(&self, body: T) -> ([(HeaderName, HeaderValue); 1], T) {
@@ -141,7 +161,7 @@ pub(crate) async fn create(
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
     let item = app.store.create(&body.validate()?).await?;
-    app.written();
+    app.written().await;
     let location = format!("/items/{}", item.id);
     Ok((
         StatusCode::CREATED,
@@ -165,7 +185,7 @@ pub(crate) async fn replace(
         .update(id, &fields)
         .await?
         .ok_or(ApiError::NotFound)?;
-    app.written();
+    app.written().await;
     Ok(Json(item))
 }
 
@@ -176,7 +196,7 @@ pub(crate) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let Path(id) = id?;
     if app.store.delete(id).await? {
-        app.written();
+        app.written().await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound)

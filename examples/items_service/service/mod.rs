@@ -21,7 +21,7 @@ use floodgate::key::{ClientIp, Header, IpCidr, OnKeyError};
 use floodgate_cache::CacheLayer;
 use floodgate_compression::{CompressionLayer, RequestDecompressionLayer};
 use floodgate_ratelimit::{OnStoreError, Policy, Quota, RateLimitLayer};
-use floodgate_redis::RedisStore;
+use floodgate_redis::{Broadcast, Heard, RedisStore};
 use floodgate_shed::ConcurrencyLimitLayer;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -65,8 +65,9 @@ pub(crate) struct Settings {
     /// are limited by IP only.
     #[arg(long, env = "WRITES_PER_MINUTE_PER_KEY", default_value_t = 60)]
     pub(crate) writes_per_minute_per_key: u32,
-    /// Keep the rate limits in this Redis (`redis://host:port`), shared by every replica
-    /// that uses it, instead of in this process.
+    /// Share this Redis (`redis://host:port`) with the other replicas: the rate limits are
+    /// kept there instead of in this process, and every write tells the other replicas'
+    /// caches what it made stale.
     #[arg(long, env = "REDIS_URL")]
     pub(crate) redis_url: Option<String>,
     /// Longest wait for Redis's decision, in milliseconds; past it the request is admitted
@@ -109,6 +110,45 @@ pub(crate) struct Settings {
 /// An error to report and stop on: a setting a layer refused, a database that cannot open.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What the replicas of one service share through Redis.
+#[derive(Debug, Clone)]
+struct Replicas {
+    limits: RedisStore,
+    invalidations: Broadcast,
+}
+
+/// The channel on which replicas tell each other which cached paths a write made stale.
+const INVALIDATIONS: &str = "floodgate:items:invalidate";
+
+/// The service for `settings`: connects to Redis first when `--redis-url` is given.
+pub(crate) async fn build(
+    settings: &Settings,
+    store: Store,
+    telemetry: Telemetry,
+) -> Result<Router, BoxError> {
+    let cache = CacheLayer::builder()
+        .max_bytes(settings.cache_max_bytes)
+        .build()
+        .map_err(|error| format!("cache settings: {error}"))?;
+    let replicas = match &settings.redis_url {
+        None => None,
+        Some(url) => {
+            let handle = cache.handle();
+            let invalidations = Broadcast::connect(url, INVALIDATIONS, move |heard| match heard {
+                Heard::Message(prefix) => handle.purge_prefix(prefix),
+                // Whatever was published while this replica was away is unknown.
+                _ => handle.purge_prefix("/"),
+            })
+            .await?;
+            Some(Replicas {
+                limits: RedisStore::connect(url).await?,
+                invalidations,
+            })
+        }
+    };
+    app(settings, store, telemetry, cache, replicas)
+}
+
 /// The whole service: the API behind every layer, with `/health` and `/metrics` beside it.
 ///
 /// Read from the outside in, a request meets:
@@ -116,10 +156,11 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///    tracing span that carries it;
 /// 2. request metrics, panic catching (500 problem) and a request timeout (503);
 /// 3. the rate limits: per client IP (token bucket), and per API key on writes (sliding
-///    window): the seeds' NGINX `limit_req` plus fastapi-limiter; in Redis when
-///    `shared_limits` is given, so that every replica enforces one limit together;
+///    window): the seeds' NGINX `limit_req` plus fastapi-limiter; in Redis with the other
+///    `replicas`, so that they enforce one limit together;
 /// 4. the response cache: a hit is answered here, without a slot of the concurrency
-///    limit; reads say `s-maxage`, and every write drops what it stored under `/items`;
+///    limit; reads say `s-maxage`, and every write drops what this replica's cache and
+///    (through Redis) the other replicas' caches hold under `/items`;
 /// 5. the concurrency limit with its bounded queue (503 past it);
 /// 6. gzip of responses (so the cache stores each page compressed, once), and decoding of
 ///    compressed uploads, both with size limits;
@@ -127,11 +168,12 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// `/health` and `/metrics` sit outside the limits and the cache (steps 3–7), so an
 /// overloaded or limited service still answers its probes.
-pub(crate) fn app(
+fn app(
     settings: &Settings,
     store: Store,
     telemetry: Telemetry,
-    shared_limits: Option<RedisStore>,
+    cache: CacheLayer,
+    replicas: Option<Replicas>,
 ) -> Result<Router, BoxError> {
     let client_ip = ClientIp::new();
     let client_ip = settings
@@ -141,9 +183,9 @@ pub(crate) fn app(
             client_ip.trust_proxy(*network)
         });
     let mut rate_limits = RateLimitLayer::builder();
-    if let Some(redis) = shared_limits {
+    if let Some(replicas) = &replicas {
         rate_limits = rate_limits
-            .store(redis)
+            .store(replicas.limits.clone())
             .store_deadline(Duration::from_millis(settings.redis_deadline_ms))
             .on_store_error(if settings.redis_fail_closed {
                 OnStoreError::FailClosed
@@ -173,13 +215,10 @@ pub(crate) fn app(
         .max_queue_time(Duration::from_millis(settings.max_queue_ms))
         .build()
         .map_err(|error| format!("concurrency limit settings: {error}"))?;
-    let cache = CacheLayer::builder()
-        .max_bytes(settings.cache_max_bytes)
-        .build()
-        .map_err(|error| format!("cache settings: {error}"))?;
     let app = api::App {
         store: store.clone(),
         cache: cache.handle(),
+        invalidations: replicas.map(|replicas| replicas.invalidations),
         cache_control: HeaderValue::try_from(format!("s-maxage={}", settings.cache_ttl_secs))?,
     };
     let compression = CompressionLayer::new()
