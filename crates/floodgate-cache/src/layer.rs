@@ -16,6 +16,8 @@ use crate::store::{Retention, Store};
 /// The settings every service of a layer reads.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
+    /// This cache's name in `Cache-Status`.
+    pub(crate) name: &'static str,
     pub(crate) max_entry_bytes: usize,
     pub(crate) default_ttl: Option<Duration>,
     pub(crate) stale_while_revalidate: Duration,
@@ -94,6 +96,7 @@ impl CacheLayer {
             max_entry_bytes: None,
             keep_stale: Duration::from_secs(60),
             settings: Settings {
+                name: "floodgate",
                 max_entry_bytes: 0,
                 default_ttl: None,
                 stale_while_revalidate: Duration::ZERO,
@@ -144,6 +147,14 @@ pub struct CacheLayerBuilder {
 }
 
 impl CacheLayerBuilder {
+    /// This cache's name in `Cache-Status` (default `floodgate`), to tell it from other
+    /// caches on the path: an edge cache in front of replicas that cache too, say. It must
+    /// be a token (letters, digits and ``!#$%&'*+-.^_`|~``).
+    pub fn name(mut self, name: &'static str) -> Self {
+        self.settings.name = name;
+        self
+    }
+
     /// The most the cache holds, in bytes of bodies and headers (default 64 MiB). Least
     /// recently used entries go first; moka's `TinyLFU` admission keeps one-off URIs from
     /// pushing out popular ones.
@@ -240,6 +251,9 @@ impl CacheLayerBuilder {
         if self.max_bytes == 0 {
             return Err(ConfigError::Capacity);
         }
+        if !floodgate_core::header::is_token(self.settings.name.as_bytes()) {
+            return Err(ConfigError::Name(self.settings.name));
+        }
         let by_share = usize::try_from(self.max_bytes / 64).unwrap_or(usize::MAX);
         self.settings.max_entry_bytes = self
             .max_entry_bytes
@@ -269,6 +283,8 @@ impl CacheLayerBuilder {
 pub enum ConfigError {
     /// `max_bytes` is zero: nothing could ever be stored.
     Capacity,
+    /// The name is not a token, so it cannot appear in `Cache-Status`.
+    Name(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -276,6 +292,10 @@ impl fmt::Display for ConfigError {
         match self {
             ConfigError::Capacity => f.write_str(
                 "a cache of zero bytes stores nothing: give max_bytes at least a few KiB",
+            ),
+            ConfigError::Name(name) => write!(
+                f,
+                "the cache name {name:?} must be a token: letters, digits and !#$%&'*+-.^_`|~"
             ),
         }
     }

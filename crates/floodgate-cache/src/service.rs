@@ -295,7 +295,7 @@ fn hit<B, R>(
     // §4: a response reused without validation carries its current age.
     headers.insert(AGE, HeaderValue::from(entry.timing.age(now).as_secs()));
     // After the members of caches nearer the origin, as the origin sent them.
-    let cache_status = status.render(entry.headers.get(&CACHE_STATUS));
+    let cache_status = status.render(shared.settings.name, entry.headers.get(&CACHE_STATUS));
     headers.insert(CACHE_STATUS.clone(), cache_status);
     let mut response = Response::new(CacheBody::stored(body));
     *response.status_mut() = status_code;
@@ -344,7 +344,7 @@ where
             if invalidates && (status.is_success() || status.is_redirection()) {
                 invalidate_after_write(&shared, &uri, host.as_deref(), response.headers());
             }
-            CacheStatus::forwarded(forward).append_to(response.headers_mut());
+            CacheStatus::forwarded(forward).append_to(shared.settings.name, response.headers_mut());
             Ok(response.map(CacheBody::inner))
         }
         Plan::Fill {
@@ -532,7 +532,7 @@ fn store_as_it_streams<B: Body>(
             Response::from_parts(parts, CacheBody::inner(body))
         }
     };
-    status_member.append_to(response.headers_mut());
+    status_member.append_to(shared.settings.name, response.headers_mut());
     response
 }
 
@@ -583,7 +583,7 @@ async fn coalesce<B, R>(
         .is_ok();
     if landed && let Lookup::Serve(mut response) = lookup::<B, _>(shared, request) {
         metrics::counter!(CACHE_COALESCED_TOTAL.name, LABEL_OUTCOME => "served").increment(1);
-        mark_collapsed(response.headers_mut(), forward);
+        mark_collapsed(shared.settings.name, response.headers_mut(), forward);
         return Coalesced::Served(response);
     }
     metrics::counter!(CACHE_COALESCED_TOTAL.name, LABEL_OUTCOME => "forwarded").increment(1);
@@ -668,13 +668,14 @@ fn serve_stale_on_error<B>(
 
 /// Turns the lookup's `hit` member into a collapsed forward: the request went forward,
 /// together with another, and was answered by what that one stored (RFC 9211 §2.2).
-fn mark_collapsed(headers: &mut HeaderMap, forward: Forward) {
+fn mark_collapsed(name: &str, headers: &mut HeaderMap, forward: Forward) {
+    let hit = format!("{name}; hit");
     if let Some(value) = headers.get_mut(&CACHE_STATUS)
         && let Ok(text) = value.to_str()
-        && let Some((upstream, ours)) = text.rsplit_once("floodgate; hit")
+        && let Some((upstream, ours)) = text.rsplit_once(hit.as_str())
     {
         let member = format!(
-            "{upstream}floodgate; fwd={}{ours}; collapsed",
+            "{upstream}{name}; fwd={}{ours}; collapsed",
             forward.as_str()
         );
         if let Ok(collapsed) = HeaderValue::try_from(member) {

@@ -63,20 +63,21 @@ impl CacheStatus {
 
     /// Appends the member to `headers`' `Cache-Status`, after the members of caches
     /// nearer the origin.
-    pub(crate) fn append_to(&self, headers: &mut HeaderMap) {
-        let value = self.render(headers.get(&CACHE_STATUS));
+    pub(crate) fn append_to(&self, name: &str, headers: &mut HeaderMap) {
+        let value = self.render(name, headers.get(&CACHE_STATUS));
         headers.insert(CACHE_STATUS.clone(), value);
     }
 
     /// The field's value: the members of caches nearer the origin (`upstream`), then this
-    /// cache's. Built by hand rather than with `format!`: it is on the hit path.
-    pub(crate) fn render(&self, upstream: Option<&HeaderValue>) -> HeaderValue {
+    /// cache's, named `name`. Built by hand rather than with `format!`: it is on the hit
+    /// path.
+    pub(crate) fn render(&self, name: &str, upstream: Option<&HeaderValue>) -> HeaderValue {
         let mut value = String::with_capacity(64);
         if let Some(upstream) = upstream.and_then(|upstream| upstream.to_str().ok()) {
             value.push_str(upstream);
             value.push_str(", ");
         }
-        value.push_str("floodgate");
+        value.push_str(name);
         match self.forward {
             None => value.push_str("; hit"),
             Some(forward) => {
@@ -139,7 +140,7 @@ mod tests {
         if let Some(existing) = existing {
             headers.insert(&CACHE_STATUS, HeaderValue::from_static(existing));
         }
-        status.append_to(&mut headers);
+        status.append_to("floodgate", &mut headers);
         headers[&CACHE_STATUS].to_str().expect("ascii").to_owned()
     }
 
