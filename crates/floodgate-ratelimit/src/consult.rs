@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ const DENIAL_SHARDS: usize = 16;
 /// Keys one shard remembers; past it, expired entries are dropped, and if none has expired
 /// the new refusal is not remembered (the store is asked again, which is always correct).
 const DENIALS_PER_SHARD: usize = 4096;
+/// How long a store must answer without a failure to count as back after an outage.
+const RECOVERY: Duration = Duration::from_secs(10);
 /// How long a fail-closed refusal tells the client to wait.
 const STORE_RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -36,8 +38,12 @@ pub(crate) struct Remote {
     pub(crate) on_error: OnStoreError,
     /// Per policy: keys the store refused, and until when (nanoseconds on the layer's clock).
     denials: Box<[Denials]>,
-    /// Whether the store's last call failed, so an outage is logged once, not per request.
+    /// Whether the store is failing, so that an outage is logged once, not per request.
     down: AtomicBool,
+    /// When it last failed (nanoseconds on the layer's clock): it counts as back only once
+    /// it has answered for [`RECOVERY`], so a store that misses the deadline now and then
+    /// is one outage in the log, not one per miss.
+    last_failure: AtomicU64,
 }
 
 /// One checked policy of a consultation: which policy, and its key's hash for the table of
@@ -75,6 +81,7 @@ impl Remote {
             on_error,
             denials: (0..policies).map(|_| Denials::default()).collect(),
             down: AtomicBool::new(false),
+            last_failure: AtomicU64::new(0),
         }
     }
 
@@ -128,16 +135,27 @@ impl Remote {
         self.store.check(std::mem::take(&mut consultation.checks))
     }
 
-    /// The store answered: if it had been failing, say it is back.
-    pub(crate) fn answered(&self) {
-        if self.down.swap(false, Ordering::Relaxed) {
+    /// The store answered at `now`: if it had been failing and has not failed for
+    /// [`RECOVERY`], say it is back.
+    pub(crate) fn answered(&self, now: u64) {
+        let since_failure = now.saturating_sub(self.last_failure.load(Ordering::Relaxed));
+        if self.down.load(Ordering::Relaxed)
+            && since_failure >= duration_nanos(RECOVERY)
+            && self.down.swap(false, Ordering::Relaxed)
+        {
             tracing::info!(target: "floodgate::ratelimit", "the rate-limit store answers again");
         }
     }
 
     /// The store could not decide: admit or refuse as configured, count it, and log the
     /// first failure of an outage.
-    pub(crate) fn failed(&self, error: &StoreError, renderer: &dyn RenderRejection) -> Verdict {
+    pub(crate) fn failed(
+        &self,
+        error: &StoreError,
+        now: u64,
+        renderer: &dyn RenderRejection,
+    ) -> Verdict {
+        self.last_failure.store(now, Ordering::Relaxed);
         let outcome = match self.on_error {
             OnStoreError::FailOpen => "fail_open",
             OnStoreError::FailClosed => "fail_closed",
@@ -246,5 +264,48 @@ impl std::fmt::Debug for Remote {
             .field("deadline", &self.deadline)
             .field("on_error", &self.on_error)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::Check;
+    use floodgate_core::rejection::ProblemJson;
+
+    #[derive(Debug)]
+    struct Unreachable;
+
+    impl RateLimitStore for Unreachable {
+        fn check(&self, _: Vec<Check>) -> StoreFuture {
+            Box::pin(async { Err(StoreError::Timeout(Duration::ZERO)) })
+        }
+    }
+
+    #[test]
+    fn a_store_that_misses_now_and_then_is_one_outage_until_it_has_answered_for_a_while() {
+        let remote = Remote::new(
+            Arc::new(Unreachable),
+            Duration::from_millis(5),
+            OnStoreError::FailOpen,
+            1,
+        );
+        let second = duration_nanos(Duration::from_secs(1));
+        let error = StoreError::Timeout(Duration::from_millis(5));
+        let _ = remote.failed(&error, 0, &ProblemJson);
+        assert!(remote.down.load(Ordering::Relaxed));
+        // Answers and misses in turn: still the same outage.
+        remote.answered(second);
+        let _ = remote.failed(&error, 2 * second, &ProblemJson);
+        remote.answered(11 * second);
+        assert!(
+            remote.down.load(Ordering::Relaxed),
+            "9 s since the last miss"
+        );
+        remote.answered(12 * second);
+        assert!(
+            !remote.down.load(Ordering::Relaxed),
+            "10 s without a miss: back"
+        );
     }
 }

@@ -121,8 +121,8 @@ impl RateLimitLayerBuilder {
 
     /// What to do with a request when the store cannot decide in time: admit it (the
     /// default) or refuse it with 503. Either way it is counted in
-    /// `floodgate_ratelimit_store_errors_total`, and the first failure of an outage is
-    /// logged at warning level.
+    /// `floodgate_ratelimit_store_errors_total`. The first failure of an outage is logged
+    /// at warning level, and its end (10 s without a failure) at info level.
     pub fn on_store_error(mut self, on_store_error: OnStoreError) -> Self {
         self.on_store_error = on_store_error;
         self

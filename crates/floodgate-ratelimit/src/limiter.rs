@@ -119,9 +119,10 @@ impl Limiter {
             .remote
             .as_ref()
             .expect("only a layer with a remote store consults one");
+        let now = self.clock.now_nanos();
         let decisions = match answer {
             Ok(decisions) if decisions.len() == consultation.checked().len() => {
-                remote.answered();
+                remote.answered(now);
                 decisions.iter().map(decision_of).collect::<Vec<_>>()
             }
             Ok(decisions) => {
@@ -133,11 +134,10 @@ impl Limiter {
                     )
                     .into(),
                 );
-                return remote.failed(&error, &*self.renderer);
+                return remote.failed(&error, now, &*self.renderer);
             }
-            Err(error) => return remote.failed(&error, &*self.renderer),
+            Err(error) => return remote.failed(&error, now, &*self.renderer),
         };
-        let now = self.clock.now_nanos();
         let mut fields = Fields::default();
         let mut wait: Option<u64> = None;
         for (&checked, decision) in consultation.checked().iter().zip(&decisions) {
