@@ -329,13 +329,19 @@ impl CacheHandle {
         }
     }
 
-    /// Drops every entry whose path starts with `prefix` (`/items` drops `/items`,
-    /// `/items/7` and `/items?limit=5`).
+    /// Drops every entry whose path lies under `prefix`, by whole segments: `/items`
+    /// drops `/items`, `/items/7` and `/items?limit=5`, not `/itemsets`; `/` drops
+    /// everything.
     pub fn purge_prefix(&self, prefix: &str) {
         let prefix = prefix.to_owned();
-        self.shared
-            .store
-            .invalidate_where(move |path| path.starts_with(prefix.as_str()));
+        self.shared.store.invalidate_where(move |path| {
+            path.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                rest.is_empty()
+                    || prefix.ends_with('/')
+                    || rest.starts_with('/')
+                    || rest.starts_with('?')
+            })
+        });
     }
 
     /// Bytes the cache holds now, by its weigher.

@@ -832,7 +832,7 @@ async fn the_handle_invalidates_one_uri_or_a_prefix() {
     let client = Client {
         service: layer.layer(origin.service()),
     };
-    for path in ["/a", "/a/1", "/a?q=1", "/b"] {
+    for path in ["/a", "/a/1", "/a?q=1", "/ab", "/b"] {
         let _ = client.get(path, &[]).await;
     }
     handle.invalidate("/a/1");
@@ -852,6 +852,12 @@ async fn the_handle_invalidates_one_uri_or_a_prefix() {
         );
     }
     assert!(client.get("/b", &[]).await.cache_status().contains("hit"));
+    assert!(
+        client.get("/ab", &[]).await.cache_status().contains("hit"),
+        "by whole segments"
+    );
+    handle.purge_prefix("/");
+    assert!(client.get("/b", &[]).await.cache_status().contains("miss"));
 }
 
 #[tokio::test(start_paused = true)]
