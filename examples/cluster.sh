@@ -27,15 +27,21 @@ mkdir -p "$DATA_DIR"
 
 pids=()
 stop() {
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM HUP
     kill "${pids[@]}" 2>/dev/null || true
     wait 2>/dev/null || true
 }
-trap stop EXIT INT TERM
+trap stop EXIT INT TERM HUP
 
-# Waits until something listens on 127.0.0.1:$1, for at most 10 s.
+# Waits until the process just started ($!) listens on 127.0.0.1:$1, for at most 10 s.
+# Fails if that process exits first (say, because something else holds the port).
 wait_for() {
+    local pid=$!
     for _ in $(seq 100); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "the process for port $1 exited; is the port taken?" >&2
+            exit 1
+        fi
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
             return 0
         fi
@@ -69,4 +75,7 @@ target/release/examples/gateway \
 pids+=($!)
 wait_for 8000
 echo "cluster up: gateway on http://127.0.0.1:8000, replicas on ${REPLICAS[*]}; Ctrl-C stops it"
-wait
+# Until Ctrl-C, or until one of them exits: then the others are stopped too.
+wait -n
+echo "a process of the cluster exited; stopping the others" >&2
+exit 1

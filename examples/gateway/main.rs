@@ -32,10 +32,26 @@ fn main() -> Result<(), tower::BoxError> {
             let app = edge::build(&settings).await?;
             let listener = tokio::net::TcpListener::bind(settings.bind).await?;
             tracing::info!(address = %listener.local_addr()?, upstreams = ?settings.upstreams, "gateway listening");
-            edge::serve(listener, app, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+            edge::serve(listener, app, shutdown_signal()).await?;
             Ok(())
         })
+}
+
+/// Resolves on Ctrl-C, or on SIGTERM (what `kill` and container runtimes send).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -77,23 +77,6 @@ pub(crate) async fn send_body(
     exchange(stream, method, path, headers, body).await
 }
 
-/// [`send`] from the loopback address `source` (any of 127.0.0.0/8 works on Linux): a
-/// client the server sees at another address than the test's default 127.0.0.1.
-pub(crate) async fn send_from(
-    source: std::net::Ipv4Addr,
-    address: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-    socket
-        .bind(SocketAddr::from((source, 0)))
-        .expect("a loopback source address");
-    let stream = socket.connect(address).await.expect("the server accepts");
-    exchange(stream, method, path, headers, &[]).await
-}
-
 async fn exchange(
     mut stream: TcpStream,
     method: &str,

@@ -130,13 +130,19 @@ impl fmt::Debug for Broadcast {
     }
 }
 
-/// A name for this replica's messages: the process id and the time it started listening,
-/// different for every `Broadcast` made at a different microsecond or in another process.
+/// A name for this replica's messages: random, with the time and process id mixed in, so
+/// that replicas started at the same microsecond with the same pid (PID 1 in containers)
+/// still tell their messages apart.
 fn sender_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
     let micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_micros());
-    format!("{:x}-{micros:x}", std::process::id())
+    // Each `RandomState` is seeded from the operating system's randomness.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(micros);
+    hasher.write_u32(std::process::id());
+    format!("{:016x}", hasher.finish())
 }
 
 async fn subscribe(client: &Client, channel: &str) -> Result<redis::aio::PubSub, RedisError> {

@@ -4,20 +4,21 @@
 mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{
-    CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_TYPE, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE,
+    TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use clap::Parser;
 use floodgate::key::ClientIp;
-use floodgate_cache::CacheLayer;
+use floodgate_cache::{CacheHandle, CacheLayer};
 use floodgate_compression::CompressionLayer;
 use floodgate_ratelimit::{Policy, Quota, RateLimitLayer};
 use floodgate_redis::{Broadcast, Heard};
@@ -30,7 +31,7 @@ use tower::{BoxError, Service, ServiceExt};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub(crate) use upstream::{Upstream, UpstreamError};
+pub(crate) use upstream::{Health, Upstream, UpstreamError};
 
 /// Every knob of the gateway, from flags or the environment.
 #[derive(Debug, Clone, Parser)]
@@ -82,9 +83,26 @@ struct Edge {
     replicas: Buffer<Request, <Balancer as tower::Service<Request>>::Future>,
     upstream_timeout: Duration,
     ready_timeout: Duration,
+    /// Every upstream's health: when all are backing off, a request gets its 502 at once
+    /// instead of queueing behind the balancer.
+    health: Arc<[Arc<Mutex<Health>>]>,
+    /// Drops what a write through the gateway made stale at the edge, at once.
+    cache: CacheHandle,
     /// Keeps the edge cache listening to the replicas' invalidations while the gateway
     /// runs.
     _invalidations: Option<Broadcast>,
+}
+
+impl Edge {
+    fn all_down(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        self.health.iter().all(|health| {
+            health
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_down(now)
+        })
+    }
 }
 
 type Balancer = Balance<ServiceList<Vec<PeakEwma<Upstream, CompleteOnResponse>>>, Request>;
@@ -101,12 +119,17 @@ const INVALIDATIONS: &str = "floodgate:items:invalidate";
 /// a concurrency limit; gzip for what the replicas did not compress; the proxy.
 pub(crate) async fn build(settings: &Settings) -> Result<Router, BoxError> {
     let connect_timeout = Duration::from_millis(settings.connect_timeout_ms);
-    let upstreams: Vec<_> = settings
+    let replicas: Vec<Upstream> = settings
         .upstreams
         .iter()
-        .map(|&address| {
+        .map(|&address| Upstream::new(address, connect_timeout))
+        .collect();
+    let health = replicas.iter().map(Upstream::health).collect();
+    let upstreams: Vec<_> = replicas
+        .into_iter()
+        .map(|upstream| {
             PeakEwma::new(
-                Upstream::new(address, connect_timeout),
+                upstream,
                 Duration::from_millis(5),
                 // Latency estimates decay over 10 s, so a replica that recovers is trusted
                 // again within seconds.
@@ -135,6 +158,8 @@ pub(crate) async fn build(settings: &Settings) -> Result<Router, BoxError> {
         replicas: Buffer::new(balancer, 1024),
         upstream_timeout: Duration::from_millis(settings.upstream_timeout_ms),
         ready_timeout: Duration::from_millis(settings.ready_timeout_ms),
+        health,
+        cache: cache.handle(),
         _invalidations: invalidations,
     };
 
@@ -185,33 +210,40 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Says who the client is to the replicas: appended to `X-Forwarded-For` and `Forwarded`,
-/// after whatever earlier hops wrote (which the replicas believe only from proxies they
-/// trust).
-fn add_forwarding(headers: &mut HeaderMap, client: IpAddr) {
-    let append = |headers: &mut HeaderMap, name: HeaderName, entry: String| {
-        let value = match headers.get(&name).and_then(|value| value.to_str().ok()) {
-            Some(existing) => format!("{existing}, {entry}"),
-            None => entry,
-        };
-        if let Ok(value) = HeaderValue::try_from(value) {
-            headers.insert(name, value);
-        }
-    };
-    append(
-        headers,
-        HeaderName::from_static("x-forwarded-for"),
-        client.to_string(),
-    );
+/// Says who the client is to the replicas, in `X-Forwarded-For` and `Forwarded`.
+///
+/// The gateway is the edge: what a client wrote in those fields is dropped, not appended
+/// to. Appending would let a client that happens to sit in a network the replicas trust
+/// (every client on loopback, in the cluster script) choose its own key.
+fn set_forwarding(headers: &mut HeaderMap, client: IpAddr) {
     let node = match client {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
-    append(
-        headers,
-        HeaderName::from_static("forwarded"),
-        format!("for={node};proto=http"),
-    );
+    let fields = [
+        (
+            HeaderName::from_static("x-forwarded-for"),
+            client.to_string(),
+        ),
+        (
+            HeaderName::from_static("forwarded"),
+            format!("for={node};proto=http"),
+        ),
+    ];
+    for (name, value) in fields {
+        headers.remove(&name);
+        if let Ok(value) = HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
+    }
+}
+
+/// Methods that change nothing (RFC 9110 §9.2.1).
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2).
@@ -222,27 +254,35 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-/// Whether a request carries no body, so it can be sent again as it is.
-fn bodiless(request: &Request) -> bool {
-    !request.headers().contains_key(TRANSFER_ENCODING)
-        && request
-            .headers()
-            .get(CONTENT_LENGTH)
-            .is_none_or(|length| length.as_bytes() == b"0")
+/// The URI prefixes a successful write to `path` makes stale at the edge: the path itself
+/// (with everything below and every query of it) and its parent collection, whose
+/// listing pages may show what changed: `/items/7` → `/items/7` and `/items`.
+fn stale_after_write(path: &str) -> impl Iterator<Item = &str> {
+    let parent = path
+        .rsplit_once('/')
+        .map(|(parent, _)| parent)
+        .filter(|parent| !parent.is_empty());
+    std::iter::once(path).chain(parent)
 }
 
 /// Sends the request to a replica. When no response comes back (the connection failed, or
 /// broke before the response, as when a replica dies mid-request), an idempotent request
 /// without a body is sent once more, to another replica if the failed one is backing off:
 /// sending it twice is safe by definition (RFC 9110 §9.2.2). Other requests get a 502.
+/// Safe is not the same as the same answer: a DELETE whose first attempt was carried out
+/// before its replica died answers 404 the second time.
 async fn proxy(
     State(edge): State<Edge>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut request: Request,
 ) -> Response {
+    // Judged on the body itself, before any framing field is stripped: a chunked PUT is
+    // not bodiless.
+    let retryable = idempotent(request.method()) && request.body().is_end_stream();
+    let written = (!is_safe(request.method())).then(|| request.uri().path().to_owned());
     strip_hop_by_hop(request.headers_mut());
-    add_forwarding(request.headers_mut(), peer.ip().to_canonical());
-    let retry = (idempotent(request.method()) && bodiless(&request)).then(|| {
+    set_forwarding(request.headers_mut(), peer.ip().to_canonical());
+    let retry = retryable.then(|| {
         let mut copy = Request::new(());
         *copy.method_mut() = request.method().clone();
         *copy.uri_mut() = request.uri().clone();
@@ -252,11 +292,21 @@ async fn proxy(
     let mut outcome = forward(edge.clone(), request).await;
     let unanswered = matches!(outcome, Err(Failure::Connect(_) | Failure::Exchange(_)));
     if unanswered && let Some(again) = retry {
-        outcome = forward(edge, again.map(|()| Body::empty())).await;
+        outcome = forward(edge.clone(), again.map(|()| Body::empty())).await;
     }
     match outcome {
         Ok(mut response) => {
             strip_hop_by_hop(response.headers_mut());
+            // Read your own writes at the edge at once; other replicas' writes arrive over
+            // Redis.
+            let status = response.status();
+            if let Some(path) = written
+                && (status.is_success() || status.is_redirection())
+            {
+                for prefix in stale_after_write(&path) {
+                    edge.cache.purge_prefix(prefix);
+                }
+            }
             response
         }
         Err(Failure::Connect(detail) | Failure::Exchange(detail)) => {
@@ -282,6 +332,9 @@ enum Failure {
 }
 
 async fn forward(edge: Edge, request: Request) -> Result<Response, Failure> {
+    if edge.all_down() {
+        return Err(Failure::NoUpstream);
+    }
     let mut replicas = edge.replicas;
     let ready = tokio::time::timeout(edge.ready_timeout, replicas.ready()).await;
     let Ok(Ok(replica)) = ready else {

@@ -1,5 +1,6 @@
 //! One upstream replica as a tower service, with passive health: a replica that refuses
-//! connections is left alone for a back-off, then tried again by the next request.
+//! connections, or breaks them before answering, is left alone for a back-off, then tried
+//! again by the next request.
 
 use std::fmt;
 use std::future::Future;
@@ -45,9 +46,23 @@ impl std::error::Error for UpstreamError {}
 
 /// When an upstream may be tried again, and how long the next back-off is.
 #[derive(Debug)]
-struct Health {
+pub(crate) struct Health {
     down_until: Option<Instant>,
     backoff: Duration,
+}
+
+impl Health {
+    /// Whether the upstream is backing off at `now`.
+    pub(crate) fn is_down(&self, now: Instant) -> bool {
+        self.down_until.is_some_and(|until| until > now)
+    }
+
+    /// Starts (or lengthens) a back-off after a failure.
+    fn failed(&mut self, address: SocketAddr, error: &dyn std::error::Error) {
+        tracing::warn!(%address, backoff = ?self.backoff, %error, "upstream failed; backing off");
+        self.down_until = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
 }
 
 /// A replica at one address, reached through a pooled HTTP/1.1 client.
@@ -63,6 +78,11 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
+    /// Its health, shared with the gateway's check that some upstream is up.
+    pub(crate) fn health(&self) -> Arc<Mutex<Health>> {
+        Arc::clone(&self.health)
+    }
+
     pub(crate) fn new(address: SocketAddr, connect_timeout: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -142,14 +162,17 @@ impl Service<Request<Body>> for Upstream {
                     health.backoff = FIRST_BACKOFF;
                     Ok(response.map(Body::new))
                 }
-                Err(error) if error.is_connect() => {
+                // A replica that breaks connections before answering is as unusable as one
+                // that refuses them (and, failing fast, would look attractive to peak-EWMA).
+                Err(error) => {
                     let mut health = health.lock().unwrap_or_else(PoisonError::into_inner);
-                    tracing::warn!(%address, backoff = ?health.backoff, %error, "upstream refused a connection; backing off");
-                    health.down_until = Some(Instant::now() + health.backoff);
-                    health.backoff = (health.backoff * 2).min(MAX_BACKOFF);
-                    Err(UpstreamError::Connect(error))
+                    health.failed(address, &error);
+                    if error.is_connect() {
+                        Err(UpstreamError::Connect(error))
+                    } else {
+                        Err(UpstreamError::Exchange(error))
+                    }
                 }
-                Err(error) => Err(UpstreamError::Exchange(error)),
             }
         })
     }
