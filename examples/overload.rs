@@ -3,14 +3,16 @@
 //! ```sh
 //! cargo run --release --example overload --features full            # 3 s per load point
 //! cargo run --release --example overload --features full -- 10      # 10 s per load point
+//! cargo run --release --example overload --features full -- 3 adapt # rows whose name has "adapt"
 //! ```
 //!
 //! An axum server on 127.0.0.1 has a hidden capacity: 8 requests at a time, each taking
 //! 10 ms of (asynchronous) work. That is about 715 requests a second, since tokio's timer
-//! makes a 10 ms sleep last about 11 ms; the program measures it first. None of the
-//! middleware is told the capacity. An open-loop client sends requests at a fixed rate, 0.5×, 1×, 2× and 4× capacity.
-//! It sends on schedule, whatever the server does, as real users arrive, and times each
-//! request from when it was due. Each request has a 1 s deadline.
+//! makes a 10 ms sleep last about 11 ms; the program measures it first. The middleware is
+//! not told the capacity, except where a row says so. An open-loop client sends requests
+//! at a fixed rate, 0.5×, 1×, 2× and 4× capacity, one load point after the other on the
+//! same server. It sends on schedule, whatever the server does, as real users arrive, and
+//! times each request from when it was due. Each request has a 1 s deadline.
 //!
 //! For each protection it prints:
 //! - goodput: 200s completed within the deadline, per second, and as a share of capacity;
@@ -23,10 +25,15 @@
 //! - tower's `LoadShed` + `ConcurrencyLimit(8)` through `HandleErrorLayer`, as axum users
 //!   write it (`route_layer`), and wrapped around the whole app;
 //! - floodgate's `ConcurrencyLimitLayer` at 8 and at 10, each with a queue of half its
-//!   limit that waits at most 20 ms.
-//!
-//! Both limits are tuned to the true capacity, which in practice is not known. The adaptive
-//! limits that would find it are not built yet.
+//!   limit that waits at most 20 ms. Both are told the true capacity, which in practice is
+//!   not known;
+//! - floodgate's adaptive limits, which find it: AIMD (a request slower than 20 ms counts
+//!   as dropped) and the gradient (defaults), both starting from a guess of 20, with the
+//!   same queue (half the current limit, 20 ms); and the gradient again with adaptive LIFO
+//!   (newest first once the oldest waiter has waited 5 ms);
+//! - floodgate's `LoadShedLayer`, which queues nothing: a sojourn target of 15 ms (1.5×
+//!   the service time, which, unlike capacity, a service owner knows) and a round
+//!   `max_in_flight` of 64 as a backstop.
 //!
 //! Everything runs on this machine's loopback, bounded in time, and stops by itself.
 
@@ -44,7 +51,7 @@ use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::routing::get;
 use bytes::Bytes;
-use floodgate::shed::ConcurrencyLimitLayer;
+use floodgate::shed::{Aimd, ConcurrencyLimitLayer, Gradient, LoadShedLayer};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -71,6 +78,14 @@ enum Protection {
     Floodgate,
     /// floodgate's limit a quarter above it.
     FloodgateAbove,
+    /// floodgate's adaptive limit, AIMD, starting from 20.
+    FloodgateAimd,
+    /// floodgate's adaptive limit, gradient, starting from 20.
+    FloodgateGradient,
+    /// The same with adaptive LIFO.
+    FloodgateGradientLifo,
+    /// floodgate's load shedder.
+    FloodgateLoadShed,
 }
 
 impl Protection {
@@ -81,6 +96,10 @@ impl Protection {
             Protection::TowerOutside => "tower shed+limit 8, around app",
             Protection::Floodgate => "floodgate limit 8 + queue",
             Protection::FloodgateAbove => "floodgate limit 10 + queue",
+            Protection::FloodgateAimd => "floodgate AIMD + queue",
+            Protection::FloodgateGradient => "floodgate gradient + queue",
+            Protection::FloodgateGradientLifo => "floodgate gradient + LIFO queue",
+            Protection::FloodgateLoadShed => "floodgate load shed, sojourn 15ms",
         }
     }
 }
@@ -90,6 +109,23 @@ fn floodgate(limit: usize) -> Result<ConcurrencyLimitLayer, floodgate::shed::Con
         .max_queue(limit / 2)
         .max_queue_time(2 * SERVICE_TIME)
         .build()
+}
+
+/// The limit adaptive layers start from: a guess, as in practice.
+const ADAPTIVE_START: usize = 20;
+
+fn adaptive(
+    algorithm: impl floodgate::shed::LimitAlgorithm,
+    lifo: bool,
+) -> Result<ConcurrencyLimitLayer, floodgate::shed::ConfigError> {
+    let builder = ConcurrencyLimitLayer::builder(ADAPTIVE_START)
+        .adaptive(algorithm)
+        .max_queue_time(2 * SERVICE_TIME);
+    if lifo {
+        builder.adaptive_lifo(SERVICE_TIME / 2).build()
+    } else {
+        builder.build()
+    }
 }
 
 fn app(protection: Protection) -> Result<Router, Box<dyn std::error::Error>> {
@@ -110,6 +146,20 @@ fn app(protection: Protection) -> Result<Router, Box<dyn std::error::Error>> {
         Protection::TowerRouteLayer => router.route_layer(tower_layers()),
         Protection::Floodgate => router.route_layer(floodgate(CAPACITY)?),
         Protection::FloodgateAbove => router.route_layer(floodgate(CAPACITY + CAPACITY / 4)?),
+        Protection::FloodgateAimd => router.route_layer(adaptive(
+            Aimd::builder()
+                .latency_threshold(2 * SERVICE_TIME)
+                .build()?,
+            false,
+        )?),
+        Protection::FloodgateGradient => router.route_layer(adaptive(Gradient::new(), false)?),
+        Protection::FloodgateGradientLifo => router.route_layer(adaptive(Gradient::new(), true)?),
+        Protection::FloodgateLoadShed => router.route_layer(
+            LoadShedLayer::builder()
+                .sojourn_target(SERVICE_TIME * 3 / 2)
+                .max_in_flight(64)
+                .build()?,
+        ),
     })
 }
 
@@ -211,6 +261,7 @@ fn percentile(sorted: &[Duration], share: f64) -> Duration {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: f64 = std::env::args().nth(1).map_or(Ok(3.0), |arg| arg.parse())?;
+    let only = std::env::args().nth(2).unwrap_or_default();
     // A 10 ms sleep takes longer (tokio's timer ticks in whole milliseconds): measure the
     // real service time, so capacity and goodput shares are true.
     let calibration = Instant::now();
@@ -233,8 +284,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Protection::TowerOutside,
         Protection::Floodgate,
         Protection::FloodgateAbove,
+        Protection::FloodgateAimd,
+        Protection::FloodgateGradient,
+        Protection::FloodgateGradientLifo,
+        Protection::FloodgateLoadShed,
     ];
     for protection in protections {
+        if !protection.name().contains(only.as_str()) {
+            continue;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
         let app = app(protection)?;

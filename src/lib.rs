@@ -40,7 +40,7 @@
 //! | `cache` | no | [`cache`]: an RFC 9111 shared response cache |
 //! | `compression` | no | [`compression`]: response compression (gzip) and bounded request decompression |
 //! | `compression-deflate`, `compression-br`, `compression-zstd` | no | those codings as well |
-//! | `shed` | no | [`shed`]: concurrency limits with a bounded queue |
+//! | `shed` | no | [`shed`]: concurrency limits (fixed or adaptive) with a bounded queue, and load shedding |
 //! | `full` | no | every feature |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -235,6 +235,47 @@ pub const SHED_QUEUED_TOTAL: Metric = Metric {
     help: "Requests a concurrency limit admitted after waiting in its queue.",
 };
 
+/// Requests holding a slot of a concurrency limit (over every layer in the process).
+pub const SHED_IN_FLIGHT: Metric = Metric {
+    name: "floodgate_shed_in_flight",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Requests holding a concurrency-limit slot, until their response body ends.",
+};
+
+/// The current limit of an adaptive concurrency limit.
+pub const SHED_LIMIT: Metric = Metric {
+    name: "floodgate_shed_limit",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "The current limit of an adaptive concurrency limit.",
+};
+
+/// Requests a load shedder saw, by `outcome`: `admitted`, `exempt`, `shed_in_flight` (over
+/// its in-flight limit) or `shed_sojourn` (over the ceiling a standing queue set).
+pub const SHED_LOAD_SHED_REQUESTS_TOTAL: Metric = Metric {
+    name: "floodgate_shed_load_shed_requests_total",
+    kind: MetricKind::Counter,
+    labels: &[LABEL_OUTCOME],
+    help: "Requests a load shedder saw, by whether it admitted or shed them and why.",
+};
+
+/// Requests a load shedder counts in flight (exempt ones are not counted).
+pub const SHED_LOAD_SHED_IN_FLIGHT: Metric = Metric {
+    name: "floodgate_shed_load_shed_in_flight",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "Requests a load shedder counts in flight, until their response body ends.",
+};
+
+/// The in-flight ceiling a load shedder's sojourn signal sets; 0 while there is none.
+pub const SHED_LOAD_SHED_CEILING: Metric = Metric {
+    name: "floodgate_shed_load_shed_ceiling",
+    kind: MetricKind::Gauge,
+    labels: &[],
+    help: "The in-flight ceiling a standing queue made a load shedder set; 0 while there is none.",
+};
+
 /// Every metric floodgate emits.
 pub const ALL: &[Metric] = &[
     REJECTIONS_TOTAL,
@@ -258,6 +299,11 @@ pub const ALL: &[Metric] = &[
     CACHE_EVICTIONS_TOTAL,
     SHED_REJECTED_TOTAL,
     SHED_QUEUED_TOTAL,
+    SHED_IN_FLIGHT,
+    SHED_LIMIT,
+    SHED_LOAD_SHED_REQUESTS_TOTAL,
+    SHED_LOAD_SHED_IN_FLIGHT,
+    SHED_LOAD_SHED_CEILING,
 ];
 
 /// Registers the help text of every metric with the installed recorder.

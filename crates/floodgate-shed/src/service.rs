@@ -12,15 +12,17 @@ use floodgate_core::body::ResponseBody;
 use floodgate_core::key::{KeyExtractor, OnKeyError, RequestHead};
 use floodgate_core::metrics::{LABEL_REASON, SHED_QUEUED_TOTAL, SHED_REJECTED_TOTAL};
 use floodgate_core::rejection::{Reason, Rejection};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::sync::{AcquireError, OwnedSemaphorePermit};
 use tokio::time::Sleep;
 use tower_service::Service;
 
 use crate::layer::Shared;
-use crate::slots::{Permit, QueueTicket, SlotRef, SlotTable};
+use crate::limit::Outcome;
+use crate::limiter::Permit;
+use crate::queue::{Wait, Waiter};
+use crate::slots::{QueueTicket, SlotRef, SlotTable};
 
 /// The service [`ConcurrencyLimitLayer`](crate::ConcurrencyLimitLayer) makes. Clones share
 /// the layer's slots.
@@ -87,7 +89,7 @@ impl<S: fmt::Debug, E: KeyExtractor> fmt::Debug for ConcurrencyLimit<S, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConcurrencyLimit")
             .field("inner", &self.inner)
-            .field("max_in_flight", &self.shared.max_in_flight)
+            .field("limit", &self.shared.limit())
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +113,19 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if self
+            .shared
+            .bypass
+            .as_ref()
+            .is_some_and(|bypass| bypass(&RequestHead::new(&request)))
+        {
+            return ResponseFuture {
+                state: State::Called {
+                    future: self.inner.call(request),
+                    permit: None,
+                },
+            };
+        }
         let key = match self.shared.extractor.extract(&RequestHead::new(&request)) {
             Ok(key) => key,
             Err(error) => {
@@ -132,11 +147,10 @@ where
             }
         };
         let slot = self.shared.slots.get(&key);
-        let semaphore = Arc::clone(&slot.semaphore);
         let slots: Arc<dyn SlotTable<E::Key>> = self.shared.slots.clone();
         let hold = SlotRef::new(slots, key, slot);
-        if let Ok(permit) = Arc::clone(&semaphore).try_acquire_owned() {
-            let permit = Some(Permit::new(permit, hold));
+        if let Some(permit) = hold.slot().try_acquire() {
+            let permit = Some(self.shared.limiter.admit(permit, hold));
             return ResponseFuture {
                 state: State::Called {
                     future: self.inner.call(request),
@@ -144,13 +158,24 @@ where
                 },
             };
         }
-        let Ok(ticket) = QueueTicket::take(hold, self.shared.max_queue) else {
+        let Ok(ticket) = QueueTicket::take(hold, self.shared.max_queue()) else {
             return rejected(&self.shared, Reason::QueueFull);
         };
-        // tokio's semaphore serves waiters first come, first served, from when each first
-        // polls its acquire (here, on the future's first poll).
+        // The queue place is taken from the call, not from the first poll.
+        let waiter = match ticket.slot().wait() {
+            Wait::Queued(waiter) => waiter,
+            Wait::Granted(permit) => {
+                let permit = Some(self.shared.limiter.admit(permit, ticket.admit()));
+                return ResponseFuture {
+                    state: State::Called {
+                        future: self.inner.call(request),
+                        permit,
+                    },
+                };
+            }
+        };
         let queued = Queued {
-            acquire: Box::pin(semaphore.acquire_owned()),
+            waiter: Some(waiter),
             deadline: Box::pin(tokio::time::sleep(self.shared.max_queue_time)),
             ticket: Some(ticket),
             permit: None,
@@ -166,11 +191,10 @@ where
     }
 }
 
-type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
-
 /// A request waiting for a slot, then for its service to be ready.
 struct Queued<S, B, E: KeyExtractor> {
-    acquire: Acquire,
+    /// Its place in the slot's queue, until granted.
+    waiter: Option<Arc<Waiter>>,
     deadline: Pin<Box<Sleep>>,
     ticket: Option<QueueTicket<E::Key>>,
     /// The slot, once granted, until the service is ready.
@@ -179,6 +203,23 @@ struct Queued<S, B, E: KeyExtractor> {
     service: S,
     request: Option<Request<B>>,
     shared: Arc<Shared<E>>,
+}
+
+impl<S, B, E: KeyExtractor> Queued<S, B, E> {
+    /// Leaves the queue and gives the place back; a permit granted meanwhile goes on to
+    /// the next waiter.
+    fn leave(&mut self) {
+        if let (Some(waiter), Some(ticket)) = (self.waiter.take(), &self.ticket) {
+            ticket.slot().leave(&waiter);
+        }
+        self.ticket = None;
+    }
+}
+
+impl<S, B, E: KeyExtractor> Drop for Queued<S, B, E> {
+    fn drop(&mut self) {
+        self.leave();
+    }
 }
 
 pin_project! {
@@ -221,40 +262,53 @@ where
             let next = match state.as_mut().project() {
                 StateProjection::Called { future, permit } => {
                     let response = ready!(future.poll(cx));
-                    // The request is over on an error too: the slot goes back now.
                     let permit = permit.take();
-                    let response = response?;
-                    return Poll::Ready(Ok(
-                        response.map(|body| LimitBody::new(ResponseBody::inner(body), permit))
-                    ));
+                    let response = match response {
+                        Ok(response) => response,
+                        Err(error) => {
+                            // The request is over: the slot goes back now.
+                            if let Some(permit) = permit {
+                                permit.end(Outcome::Dropped);
+                            }
+                            return Poll::Ready(Err(error));
+                        }
+                    };
+                    let failed = signals_overload(response.status());
+                    return Poll::Ready(Ok(response
+                        .map(|body| LimitBody::new(ResponseBody::inner(body), permit, failed))));
                 }
                 StateProjection::Rejected { response } => {
                     let response = response
                         .take()
                         .expect("a ResponseFuture is not polled after it completed");
                     return Poll::Ready(Ok(
-                        response.map(|body| LimitBody::new(ResponseBody::full(body), None))
+                        response.map(|body| LimitBody::new(ResponseBody::full(body), None, false))
                     ));
                 }
                 StateProjection::Queued { queued } => 'queued: {
                     let queued = &mut **queued;
                     if queued.permit.is_none() {
-                        match queued.acquire.as_mut().poll(cx) {
-                            Poll::Ready(granted) => {
-                                let permit = granted
-                                    .expect("the semaphore is never closed while the layer exists");
+                        let waiter = queued
+                            .waiter
+                            .as_ref()
+                            .expect("a queued request waits until it has a slot");
+                        match waiter.poll_permit(cx) {
+                            Poll::Ready(permit) => {
+                                queued.waiter = None;
                                 let ticket = queued
                                     .ticket
                                     .take()
                                     .expect("a queued request is admitted once");
-                                queued.permit = Some(ticket.admit(permit));
+                                queued.permit = Some(
+                                    queued.shared.limiter.admit(permit, ticket.admit_granted()),
+                                );
                                 tracing::debug!(target: "floodgate::shed", "admitted from the queue");
                                 metrics::counter!(SHED_QUEUED_TOTAL.name).increment(1);
                             }
                             Poll::Pending => {
                                 ready!(queued.deadline.as_mut().poll(cx));
-                                // Leave the queue before answering: the ticket goes now.
-                                queued.ticket = None;
+                                // Leave the queue before answering.
+                                queued.leave();
                                 break 'queued rejected::<S, B, E>(
                                     &queued.shared,
                                     Reason::QueueTimeout,
@@ -298,18 +352,68 @@ where
     }
 }
 
+/// Whether a response from below says the service is overloaded: 5xx (a 503 from a limit
+/// below, a 504 from a timeout), 429, or 408.
+fn signals_overload(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
+}
+
 pin_project! {
     /// A response body that holds its request's slot until it ends, fails or is dropped.
     pub struct LimitBody<B, K: floodgate_core::key::Key> {
         #[pin]
         body: ResponseBody<B>,
         permit: Option<Permit<K>>,
+        // The status said the service is overloaded.
+        failed: bool,
     }
 }
 
-impl<B, K: floodgate_core::key::Key> LimitBody<B, K> {
-    fn new(body: ResponseBody<B>, permit: Option<Permit<K>>) -> Self {
-        Self { body, permit }
+impl<B: Body, K: floodgate_core::key::Key> LimitBody<B, K>
+where
+    B::Data: From<Bytes>,
+{
+    fn new(body: ResponseBody<B>, permit: Option<Permit<K>>, failed: bool) -> Self {
+        let mut body = Self {
+            body,
+            permit,
+            failed,
+        };
+        // hyper never polls a body that is already at its end: the request ends here.
+        if body.body.is_end_stream() {
+            body.end();
+        }
+        body
+    }
+
+    fn end(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            permit.end(outcome(self.failed));
+        }
+    }
+}
+
+/// Whether a response body's last poll ended it: `Some(true)` by an error, `Some(false)`
+/// normally, `None` if more may come. hyper stops polling once `is_end_stream` says the
+/// last frame is out, and after trailers, so those end it too.
+pub(crate) fn body_ended<B: Body>(
+    frame: Option<&Result<Frame<B::Data>, B::Error>>,
+    body: &B,
+) -> Option<bool> {
+    match frame {
+        None => Some(false),
+        Some(Err(_)) => Some(true),
+        Some(Ok(frame)) => (frame.is_trailers() || body.is_end_stream()).then_some(false),
+    }
+}
+
+fn outcome(failed: bool) -> Outcome {
+    if failed {
+        Outcome::Dropped
+    } else {
+        Outcome::Success
     }
 }
 
@@ -326,12 +430,18 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.body.poll_frame(cx));
+        let mut this = self.project();
+        let frame = ready!(this.body.as_mut().poll_frame(cx));
         // The end of the body or an error ends the request: the slot goes back now, not
         // when the connection gets around to dropping the body.
-        if !matches!(frame, Some(Ok(_))) {
-            this.permit.take();
+        if let Some(errored) = body_ended(frame.as_ref(), &*this.body)
+            && let Some(permit) = this.permit.take()
+        {
+            permit.end(if errored {
+                Outcome::Dropped
+            } else {
+                outcome(*this.failed)
+            });
         }
         Poll::Ready(frame)
     }

@@ -2,31 +2,17 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use floodgate_core::key::Key;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::queue::Slot;
 
 /// Shards of the per-key table: enough that requests for different keys rarely wait on the
 /// same lock.
 const SHARDS: usize = 64;
-
-/// One limit: its permits, and how many requests wait for one.
-#[derive(Debug)]
-pub(crate) struct Slot {
-    pub(crate) semaphore: Arc<Semaphore>,
-    pub(crate) queued: AtomicUsize,
-}
-
-impl Slot {
-    fn new(permits: usize) -> Arc<Self> {
-        Arc::new(Self {
-            semaphore: Arc::new(Semaphore::new(permits)),
-            queued: AtomicUsize::new(0),
-        })
-    }
-}
 
 type Table<K> = Mutex<HashMap<K, Arc<Slot>, foldhash::quality::RandomState>>;
 
@@ -40,15 +26,16 @@ pub(crate) enum Slots<K> {
         shards: Box<[Table<K>]>,
         hasher: foldhash::quality::RandomState,
         permits: usize,
+        lifo_after: Option<Duration>,
     },
 }
 
 impl<K: Key> Slots<K> {
-    pub(crate) fn one(permits: usize) -> Self {
-        Slots::One(Slot::new(permits))
+    pub(crate) fn one(permits: usize, lifo_after: Option<Duration>) -> Self {
+        Slots::One(Slot::new(permits, lifo_after))
     }
 
-    pub(crate) fn per_key(permits: usize) -> Self {
+    pub(crate) fn per_key(permits: usize, lifo_after: Option<Duration>) -> Self {
         let shards = (0..SHARDS)
             .map(|_| Mutex::new(HashMap::default()))
             .collect();
@@ -56,6 +43,7 @@ impl<K: Key> Slots<K> {
             shards,
             hasher: foldhash::quality::RandomState::default(),
             permits,
+            lifo_after,
         }
     }
 
@@ -73,13 +61,17 @@ impl<K: Key> Slots<K> {
     pub(crate) fn get(&self, key: &K) -> Arc<Slot> {
         match self {
             Slots::One(slot) => Arc::clone(slot),
-            Slots::PerKey { permits, .. } => {
+            Slots::PerKey {
+                permits,
+                lifo_after,
+                ..
+            } => {
                 let table = self.shard(key).expect("a per-key table has shards");
                 let mut table = table.lock().unwrap_or_else(PoisonError::into_inner);
                 if let Some(slot) = table.get(key) {
                     return Arc::clone(slot);
                 }
-                let slot = Slot::new(*permits);
+                let slot = Slot::new(*permits, *lifo_after);
                 table.insert(key.detach(), Arc::clone(&slot));
                 slot
             }
@@ -98,6 +90,14 @@ impl<K: Key> Slots<K> {
         drop(slot);
         if last {
             table.remove(key);
+        }
+    }
+
+    /// The slot of a global limit.
+    pub(crate) fn global(&self) -> Option<&Arc<Slot>> {
+        match self {
+            Slots::One(slot) => Some(slot),
+            Slots::PerKey { .. } => None,
         }
     }
 
@@ -156,22 +156,6 @@ impl<K: Key> Drop for SlotRef<K> {
     }
 }
 
-/// A permit of a slot, released when dropped (then the slot reference goes).
-pub(crate) struct Permit<K: Key> {
-    // Field order matters: the permit goes back before the slot reference is released.
-    _permit: OwnedSemaphorePermit,
-    _slot: SlotRef<K>,
-}
-
-impl<K: Key> Permit<K> {
-    pub(crate) fn new(permit: OwnedSemaphorePermit, slot: SlotRef<K>) -> Self {
-        Self {
-            _permit: permit,
-            _slot: slot,
-        }
-    }
-}
-
 /// A place in a slot's queue, given back when dropped unless the request was admitted.
 pub(crate) struct QueueTicket<K: Key> {
     slot: Option<SlotRef<K>>,
@@ -184,7 +168,7 @@ impl<K: Key> QueueTicket<K> {
             .slot()
             .queued
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
-                (queued < max).then_some(queued + 1)
+                (slot.slot().waiting(queued) < max).then_some(queued + 1)
             })
             .is_ok();
         if taken {
@@ -194,11 +178,26 @@ impl<K: Key> QueueTicket<K> {
         }
     }
 
-    /// Leaves the queue with `permit`, keeping the hold on the slot.
-    pub(crate) fn admit(mut self, permit: OwnedSemaphorePermit) -> Permit<K> {
+    /// The slot whose queue this is.
+    pub(crate) fn slot(&self) -> &Slot {
+        self.slot
+            .as_ref()
+            .expect("a ticket holds its slot until admitted or dropped")
+            .slot()
+    }
+
+    /// Leaves the queue, keeping the hold on the slot.
+    pub(crate) fn admit(mut self) -> SlotRef<K> {
         let slot = self.slot.take().expect("a ticket is admitted once");
         slot.slot().queued.fetch_sub(1, Ordering::Relaxed);
-        Permit::new(permit, slot)
+        slot
+    }
+
+    /// Leaves the queue with the permit a waiter was granted, keeping the hold on the slot.
+    pub(crate) fn admit_granted(self) -> SlotRef<K> {
+        let slot = self.admit();
+        slot.slot().granted_taken();
+        slot
     }
 }
 

@@ -1,4 +1,7 @@
-//! The concurrency limit end to end, with paused time.
+//! The layers end to end, with paused time.
+
+mod adaptive;
+mod queue;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -219,7 +222,7 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(mut future: F) -> Pol
 }
 
 /// A body that yields what a channel sends, and is pending in between.
-struct Channel(mpsc::Receiver<Bytes>);
+pub(crate) struct Channel(pub(crate) mpsc::Receiver<Bytes>);
 
 impl Body for Channel {
     type Data = Bytes;
@@ -357,4 +360,171 @@ async fn keys_released_at_once_on_several_threads_leave_no_entry() {
         assert_eq!(task.await.expect("no panic"), Ok(StatusCode::OK));
     }
     assert_eq!(layer.active_keys(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_granted_but_not_yet_polled_do_not_fill_the_queue() {
+    use http_body_util::Either;
+
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..4 {
+        let (sender, receiver) = mpsc::channel::<Bytes>(1);
+        senders.push(sender);
+        receivers.push(receiver);
+    }
+    let receivers = Arc::new(std::sync::Mutex::new(receivers));
+    let layer = ConcurrencyLimitLayer::builder(4)
+        .max_queue(2)
+        .max_queue_time(Duration::from_secs(60))
+        .build()
+        .expect("valid");
+    let service = layer.layer(tower::service_fn(move |_: Request<()>| {
+        let body = receivers.lock().expect("not poisoned").pop().map(Channel);
+        async move {
+            Ok::<_, Infallible>(Response::new(match body {
+                Some(body) => Either::Left(body),
+                None => Either::Right(Full::new(Bytes::new())),
+            }))
+        }
+    }));
+    // Four streaming bodies hold the four slots.
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        let response = service
+            .clone()
+            .oneshot(Request::new(()))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+        streams.push(response);
+    }
+    // Two wait in the queue.
+    let mut queued: Vec<_> = (0..2)
+        .map(|_| Box::pin(service.clone().oneshot(Request::new(()))))
+        .collect();
+    for future in &mut queued {
+        assert!(futures_poll_once(future.as_mut()).await.is_pending());
+    }
+    // The streams end: two slots go to the waiters (not yet polled), two are free.
+    drop(streams);
+    let newcomer = service
+        .clone()
+        .oneshot(Request::new(()))
+        .await
+        .expect("infallible");
+    assert_eq!(
+        newcomer.status(),
+        StatusCode::OK,
+        "a free slot admits while granted waiters have yet to run"
+    );
+    let newcomer = service
+        .clone()
+        .oneshot(Request::new(()))
+        .await
+        .expect("infallible");
+    assert_eq!(newcomer.status(), StatusCode::OK);
+    for future in queued {
+        assert_eq!(future.await.expect("infallible").status(), StatusCode::OK);
+    }
+    drop(senders);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bypassed_requests_pass_a_full_limit_and_take_no_slot() {
+    let layer = ConcurrencyLimitLayer::builder(1)
+        .max_queue(0)
+        .bypass(|request| request.uri().path() == "/health")
+        .build()
+        .expect("valid");
+    let worker = Worker::new(Duration::from_secs(1));
+    // Behind a load shedder that exempts the same route, as the crate docs show.
+    let shed = crate::LoadShedLayer::builder()
+        .max_in_flight(1_024)
+        .exempt(|request| request.uri().path() == "/health")
+        .build()
+        .expect("valid");
+    let service = shed.layer(layer.layer(worker.clone()));
+    let get = |path: &str| Request::get(path).body(()).expect("valid");
+    let busy = tokio::spawn(service.clone().oneshot(get("/work")));
+    tokio::task::yield_now().await;
+    assert_eq!(layer.in_flight(), 1);
+    let refused = service
+        .clone()
+        .oneshot(get("/work"))
+        .await
+        .expect("infallible");
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let checks: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(service.clone().oneshot(get("/health"))))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(layer.in_flight(), 1, "health checks take no slot");
+    for check in checks {
+        let response = check.await.expect("no panic").expect("infallible");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "the slot is busy, /health passes"
+        );
+    }
+    assert_eq!(
+        busy.await.expect("no panic").expect("infallible").status(),
+        StatusCode::OK
+    );
+    assert_eq!(worker.most.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_granted_then_dropped_before_polling_give_their_slots_back() {
+    let layer = ConcurrencyLimitLayer::builder(3)
+        .max_queue(2)
+        .max_queue_time(Duration::from_secs(60))
+        .build()
+        .expect("valid");
+    let worker = Worker::new(Duration::from_secs(1));
+    let service = layer.layer(worker.clone());
+    for _round in 0..3 {
+        let blockers: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(service.clone().oneshot(Request::new(()))))
+            .collect();
+        tokio::task::yield_now().await;
+        let mut queued: Vec<_> = (0..2)
+            .map(|_| Box::pin(service.clone().oneshot(Request::new(()))))
+            .collect();
+        for future in &mut queued {
+            assert!(futures_poll_once(future.as_mut()).await.is_pending());
+        }
+        // Time passes: the blockers end and their slots are granted to the waiters...
+        for blocker in blockers {
+            let response = blocker.await.expect("no panic").expect("infallible");
+            assert_eq!(response.status(), StatusCode::OK);
+        }
+        // ...which are dropped before they are polled again.
+        drop(queued);
+        assert_eq!(layer.in_flight(), 0);
+    }
+    // Exactly the limit is admitted, exactly `max_queue` wait, and the next is refused.
+    let running: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(service.clone().oneshot(Request::new(()))))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(layer.in_flight(), 3);
+    let refused = service
+        .clone()
+        .oneshot(Request::new(()))
+        .await
+        .expect("infallible");
+    assert_eq!(
+        refused
+            .extensions()
+            .get::<Rejection>()
+            .map(Rejection::reason),
+        Some(Reason::QueueFull)
+    );
+    for request in running {
+        let response = request.await.expect("no panic").expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(worker.most.load(Ordering::SeqCst), 3);
 }
