@@ -22,7 +22,7 @@ use floodgate_cache::CacheLayer;
 use floodgate_compression::{CompressionLayer, RequestDecompressionLayer};
 use floodgate_ratelimit::{OnStoreError, Policy, Quota, RateLimitLayer};
 use floodgate_redis::{Broadcast, Heard, RedisStore};
-use floodgate_shed::ConcurrencyLimitLayer;
+use floodgate_shed::{ConcurrencyLimitLayer, LoadShedLayer};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -77,6 +77,13 @@ pub(crate) struct Settings {
     /// Refuse requests with 503 while Redis cannot decide, instead of admitting them.
     #[arg(long, env = "REDIS_FAIL_CLOSED")]
     pub(crate) redis_fail_closed: bool,
+    /// Refuse new requests at once (503) while this many are in flight below the cache.
+    #[arg(long, env = "SHED_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub(crate) shed_max_in_flight: usize,
+    /// Refuse new requests at once (503) while, for 100 ms, every request took longer than
+    /// this many milliseconds to get its response head: a standing queue.
+    #[arg(long, env = "SHED_SOJOURN_MS", default_value_t = 100)]
+    pub(crate) shed_sojourn_ms: u64,
     /// Requests handled at once; more wait in the queue.
     #[arg(long, env = "MAX_IN_FLIGHT", default_value_t = 64)]
     pub(crate) max_in_flight: usize,
@@ -161,7 +168,8 @@ pub(crate) async fn build(
 /// 4. the response cache: a hit is answered here, without a slot of the concurrency
 ///    limit; reads say `s-maxage`, and every write drops what this replica's cache and
 ///    (through Redis) the other replicas' caches hold under `/items`;
-/// 5. the concurrency limit with its bounded queue (503 past it);
+/// 5. load shedding (503 at once past an in-flight bound or on a standing queue), then the
+///    concurrency limit with its bounded queue (503 past it);
 /// 6. gzip of responses (so the cache stores each page compressed, once), and decoding of
 ///    compressed uploads, both with size limits;
 /// 7. the body limit, then the handlers and the database.
@@ -210,6 +218,14 @@ fn app(
         )
         .build()
         .map_err(|error| format!("rate limit settings: {error}"))?;
+    let sojourn = Duration::from_millis(settings.shed_sojourn_ms);
+    let shedding = LoadShedLayer::builder()
+        .max_in_flight(settings.shed_max_in_flight)
+        .sojourn_target(sojourn)
+        // CoDel's 100 ms, or the target if longer: the interval must hold one.
+        .sojourn_interval(sojourn.max(Duration::from_millis(100)))
+        .build()
+        .map_err(|error| format!("load shedding settings: {error}"))?;
     let concurrency = ConcurrencyLimitLayer::builder(settings.max_in_flight)
         .max_queue(settings.max_queue)
         .max_queue_time(Duration::from_millis(settings.max_queue_ms))
@@ -241,6 +257,7 @@ fn app(
         .layer(decompression)
         .layer(compression)
         .layer(concurrency)
+        .layer(shedding)
         .layer(cache)
         .layer(rate_limits);
 
