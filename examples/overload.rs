@@ -4,10 +4,12 @@
 //! cargo run --release --example overload --features full            # 3 s per load point
 //! cargo run --release --example overload --features full -- 10      # 10 s per load point
 //! cargo run --release --example overload --features full -- 3 adapt # rows whose name has "adapt"
+//! cargo run --release --example overload --features full -- 3 "" cpu # CPU work instead
 //! ```
 //!
 //! An axum server on 127.0.0.1 has a hidden capacity: 8 requests at a time, each taking
-//! 10 ms of (asynchronous) work. That is about 715 requests a second, since tokio's timer
+//! 10 ms of (asynchronous) work; with `cpu`, 2 at a time (the cores), each spinning a core
+//! for 5 ms on tokio's blocking pool, which the load generator competes with. That is about 715 requests a second, since tokio's timer
 //! makes a 10 ms sleep last about 11 ms; the program measures it first. The middleware is
 //! not told the capacity, except where a row says so. An open-loop client sends requests
 //! at a fixed rate, 0.5×, 1×, 2× and 4× capacity, one load point after the other on the
@@ -60,10 +62,35 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::ServiceBuilder;
 
-/// Requests the service works on at once.
-const CAPACITY: usize = 8;
-/// The work each request takes.
-const SERVICE_TIME: Duration = Duration::from_millis(10);
+/// The hidden service: how many requests it works on at once, and how long each takes.
+#[derive(Debug, Clone, Copy)]
+struct Work {
+    /// CPU work (a busy loop on tokio's blocking pool) rather than an asynchronous wait.
+    cpu: bool,
+    slots: usize,
+    time: Duration,
+}
+
+/// The default: 8 at a time, 10 ms of waiting each (a database, another service).
+const WAIT: Work = Work {
+    cpu: false,
+    slots: 8,
+    time: Duration::from_millis(10),
+};
+/// `cpu`: 2 at a time (this machine's cores), 5 ms of computing each.
+const CPU: Work = Work {
+    cpu: true,
+    slots: 2,
+    time: Duration::from_millis(5),
+};
+
+/// Spins for `time`: work that holds a core.
+fn burn(time: Duration) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < time {
+        std::hint::spin_loop();
+    }
+}
 /// How long a client waits for an answer.
 const DEADLINE: Duration = Duration::from_secs(1);
 
@@ -89,25 +116,36 @@ enum Protection {
 }
 
 impl Protection {
-    fn name(self) -> &'static str {
+    fn name(self, work: Work) -> String {
+        let (slots, above) = (work.slots, above(work.slots));
         match self {
-            Protection::None => "none",
-            Protection::TowerRouteLayer => "tower shed+limit 8, route_layer",
-            Protection::TowerOutside => "tower shed+limit 8, around app",
-            Protection::Floodgate => "floodgate limit 8 + queue",
-            Protection::FloodgateAbove => "floodgate limit 10 + queue",
-            Protection::FloodgateAimd => "floodgate AIMD + queue",
-            Protection::FloodgateGradient => "floodgate gradient + queue",
-            Protection::FloodgateGradientLifo => "floodgate gradient + LIFO queue",
-            Protection::FloodgateLoadShed => "floodgate load shed, sojourn 15ms",
+            Protection::None => "none".into(),
+            Protection::TowerRouteLayer => format!("tower shed+limit {slots}, route_layer"),
+            Protection::TowerOutside => format!("tower shed+limit {slots}, around app"),
+            Protection::Floodgate => format!("floodgate limit {slots} + queue"),
+            Protection::FloodgateAbove => format!("floodgate limit {above} + queue"),
+            Protection::FloodgateAimd => "floodgate AIMD + queue".into(),
+            Protection::FloodgateGradient => "floodgate gradient + queue".into(),
+            Protection::FloodgateGradientLifo => "floodgate gradient + LIFO queue".into(),
+            Protection::FloodgateLoadShed => {
+                format!("floodgate load shed, sojourn {:?}", work.time * 3 / 2)
+            }
         }
     }
 }
 
-fn floodgate(limit: usize) -> Result<ConcurrencyLimitLayer, floodgate::shed::ConfigError> {
+/// A limit a quarter above the true capacity (at least one more).
+fn above(slots: usize) -> usize {
+    slots + (slots / 4).max(1)
+}
+
+fn floodgate(
+    limit: usize,
+    work: Work,
+) -> Result<ConcurrencyLimitLayer, floodgate::shed::ConfigError> {
     ConcurrencyLimitLayer::builder(limit)
-        .max_queue(limit / 2)
-        .max_queue_time(2 * SERVICE_TIME)
+        .max_queue((limit / 2).max(1))
+        .max_queue_time(2 * work.time)
         .build()
 }
 
@@ -117,46 +155,54 @@ const ADAPTIVE_START: usize = 20;
 fn adaptive(
     algorithm: impl floodgate::shed::LimitAlgorithm,
     lifo: bool,
+    work: Work,
 ) -> Result<ConcurrencyLimitLayer, floodgate::shed::ConfigError> {
     let builder = ConcurrencyLimitLayer::builder(ADAPTIVE_START)
         .adaptive(algorithm)
-        .max_queue_time(2 * SERVICE_TIME);
+        .max_queue_time(2 * work.time);
     if lifo {
-        builder.adaptive_lifo(SERVICE_TIME / 2).build()
+        builder.adaptive_lifo(work.time / 2).build()
     } else {
         builder.build()
     }
 }
 
-fn app(protection: Protection) -> Result<Router, Box<dyn std::error::Error>> {
-    let capacity = Arc::new(Semaphore::new(CAPACITY));
+fn app(protection: Protection, work: Work) -> Result<Router, Box<dyn std::error::Error>> {
+    let capacity = Arc::new(Semaphore::new(work.slots));
     let router = Router::new().route(
         "/work",
         get(move || {
             let capacity = Arc::clone(&capacity);
             async move {
                 let _slot = capacity.acquire().await;
-                tokio::time::sleep(SERVICE_TIME).await;
+                if work.cpu {
+                    let _ = tokio::task::spawn_blocking(move || burn(work.time)).await;
+                } else {
+                    tokio::time::sleep(work.time).await;
+                }
                 "done"
             }
         }),
     );
     Ok(match protection {
         Protection::None | Protection::TowerOutside => router,
-        Protection::TowerRouteLayer => router.route_layer(tower_layers()),
-        Protection::Floodgate => router.route_layer(floodgate(CAPACITY)?),
-        Protection::FloodgateAbove => router.route_layer(floodgate(CAPACITY + CAPACITY / 4)?),
+        Protection::TowerRouteLayer => router.route_layer(tower_layers(work.slots)),
+        Protection::Floodgate => router.route_layer(floodgate(work.slots, work)?),
+        Protection::FloodgateAbove => router.route_layer(floodgate(above(work.slots), work)?),
         Protection::FloodgateAimd => router.route_layer(adaptive(
-            Aimd::builder()
-                .latency_threshold(2 * SERVICE_TIME)
-                .build()?,
+            Aimd::builder().latency_threshold(2 * work.time).build()?,
             false,
+            work,
         )?),
-        Protection::FloodgateGradient => router.route_layer(adaptive(Gradient::new(), false)?),
-        Protection::FloodgateGradientLifo => router.route_layer(adaptive(Gradient::new(), true)?),
+        Protection::FloodgateGradient => {
+            router.route_layer(adaptive(Gradient::new(), false, work)?)
+        }
+        Protection::FloodgateGradientLifo => {
+            router.route_layer(adaptive(Gradient::new(), true, work)?)
+        }
         Protection::FloodgateLoadShed => router.route_layer(
             LoadShedLayer::builder()
-                .sojourn_target(SERVICE_TIME * 3 / 2)
+                .sojourn_target(work.time * 3 / 2)
                 .max_in_flight(64)
                 .build()?,
         ),
@@ -164,7 +210,9 @@ fn app(protection: Protection) -> Result<Router, Box<dyn std::error::Error>> {
 }
 
 /// tower's recipe: shed when the limit is not ready, and turn the error into a 503.
-fn tower_layers() -> impl tower::Layer<
+fn tower_layers(
+    slots: usize,
+) -> impl tower::Layer<
     axum::routing::Route,
     Service: tower::Service<
         axum::extract::Request,
@@ -181,7 +229,7 @@ fn tower_layers() -> impl tower::Layer<
             StatusCode::SERVICE_UNAVAILABLE
         }))
         .load_shed()
-        .concurrency_limit(CAPACITY)
+        .concurrency_limit(slots)
 }
 
 /// What one load point measured.
@@ -258,21 +306,48 @@ fn percentile(sorted: &[Duration], share: f64) -> Duration {
     sorted[index]
 }
 
+/// The service's true capacity, requests per second, measured as it runs here.
+///
+/// A 10 ms sleep takes longer (tokio's timer ticks in whole milliseconds), and CPU work
+/// shares the cores with everything else, so both are measured rather than computed.
+async fn calibrate(work: Work) -> f64 {
+    let start = Instant::now();
+    if work.cpu {
+        // Every slot busy for a second, as under full load.
+        let mut done = 0_u32;
+        while start.elapsed() < Duration::from_secs(1) {
+            let batch: Vec<_> = (0..work.slots)
+                .map(|_| tokio::task::spawn_blocking(move || burn(work.time)))
+                .collect();
+            for task in batch {
+                let _ = task.await;
+                done += 1;
+            }
+        }
+        f64::from(done) / start.elapsed().as_secs_f64()
+    } else {
+        for _ in 0..50 {
+            tokio::time::sleep(work.time).await;
+        }
+        work.slots as f64 / (start.elapsed() / 50).as_secs_f64()
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds: f64 = std::env::args().nth(1).map_or(Ok(3.0), |arg| arg.parse())?;
     let only = std::env::args().nth(2).unwrap_or_default();
-    // A 10 ms sleep takes longer (tokio's timer ticks in whole milliseconds): measure the
-    // real service time, so capacity and goodput shares are true.
-    let calibration = Instant::now();
-    for _ in 0..50 {
-        tokio::time::sleep(SERVICE_TIME).await;
-    }
-    let service_time = calibration.elapsed() / 50;
-    let capacity = CAPACITY as f64 / service_time.as_secs_f64();
+    let work = match std::env::args().nth(3).as_deref() {
+        Some("cpu") => CPU,
+        _ => WAIT,
+    };
+    let capacity = calibrate(work).await;
     println!(
-        "capacity {capacity:.0}/s ({CAPACITY} at a time, {SERVICE_TIME:?} of work measured as \
-         {service_time:.1?}); {seconds} s per point; deadline {DEADLINE:?}"
+        "{} work: capacity {capacity:.0}/s ({} at a time, {:?} each, measured); {seconds} s \
+         per point; deadline {DEADLINE:?}",
+        if work.cpu { "CPU" } else { "waiting" },
+        work.slots,
+        work.time,
     );
     println!(
         "{:<34} {:>5} {:>9} {:>14} {:>10} {:>10} {:>9} {:>9}",
@@ -290,19 +365,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Protection::FloodgateLoadShed,
     ];
     for protection in protections {
-        if !protection.name().contains(only.as_str()) {
+        if !protection.name(work).contains(only.as_str()) {
             continue;
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?;
-        let app = app(protection)?;
+        let app = app(protection, work)?;
         let server = if let Protection::TowerOutside = protection {
             let service = ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
                     StatusCode::SERVICE_UNAVAILABLE
                 }))
                 .load_shed()
-                .concurrency_limit(CAPACITY)
+                .concurrency_limit(work.slots)
                 .service(app);
             tokio::spawn(
                 axum::serve(
@@ -319,7 +394,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let goodput = outcome.ok.len() as f64 / outcome.seconds;
             println!(
                 "{:<34} {:>4.1}x {:>9.0} {:>8.0} ({:>3.0}%) {:>10.0} {:>10.0} {:>9.1?} {:>9.1?}",
-                protection.name(),
+                protection.name(work),
                 factor,
                 outcome.offered,
                 goodput,

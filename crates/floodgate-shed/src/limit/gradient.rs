@@ -24,6 +24,9 @@ const GRADIENT_MAX: f64 = 2.0;
 const MAX_BUFFER: f64 = 10.0;
 const MAX_WINDOW: Duration = Duration::from_secs(60);
 const MAX_PROBE_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest probe deadline [`GradientBuilder::probe_deadline_windows`] accepts, in
+/// windows: with windows of at most 60 s, a deadline stays within 100 minutes.
+const MAX_PROBE_DEADLINE_WINDOWS: u32 = 100;
 
 /// `duration · factor`, saturating at `Duration::MAX` instead of panicking.
 fn scaled(duration: Duration, factor: f64) -> Duration {
@@ -43,6 +46,15 @@ fn scaled(duration: Duration, factor: f64) -> Duration {
 ///   the probe* succeed. Their [`percentile`](GradientBuilder::percentile) (p90) is the
 ///   minimum RTT; then the limit goes back to what it was. A probe also starts after 5
 ///   windows in a row at the probe level, where it costs nothing.
+/// - **Probe deadline.** Only successes count, so a probe could wait for ever on a backend
+///   that fails everything or clients that hang up. It ends anyway at the first sample
+///   (of any outcome) that ends [`probe_deadline_windows`](GradientBuilder::probe_deadline_windows)
+///   (10) windows after it started (1 s by default), and the limit goes back to what it
+///   was. The successes it got replace the minimum RTT if there are at least
+///   `min(probe_samples, 10)` of them, or at least 1 when there is no minimum yet;
+///   otherwise the previous minimum is kept. Either way the next scheduled probe is
+///   `probe_interval` plus jitter after this one ended, never at once. Without any minimum
+///   (a first probe with no success) the limit stays where it is until that next probe.
 /// - **Windows.** Between probes, samples gather in windows of
 ///   [`window`](GradientBuilder::window) (100 ms, and at least 10 samples). When one
 ///   closes, with `sampleRTT` the window's p90 latency:
@@ -72,7 +84,8 @@ fn scaled(duration: Duration, factor: f64) -> Duration {
 /// minimum.
 ///
 /// A probe refuses or queues most traffic beyond 3 in flight while it lasts (50 requests:
-/// 0.2 s for a service taking 10 ms). That is the price of a baseline that cannot drift.
+/// 0.2 s for a service taking 10 ms; whatever the backend answers, no longer than the
+/// first sample that ends after 10 windows, 1 s). That is the price of a baseline that cannot drift.
 ///
 /// # Why not Netflix's Gradient2
 ///
@@ -107,6 +120,7 @@ pub struct Gradient {
     probe_jitter: f64,
     probe_limit: usize,
     probe_samples: usize,
+    probe_deadline_windows: u32,
     min: usize,
     max: usize,
     state: State,
@@ -127,9 +141,11 @@ struct State {
 
 #[derive(Debug, Clone)]
 enum Phase {
-    /// Measuring the minimum RTT with the limit pinned, from requests started at `since`.
+    /// Measuring the minimum RTT with the limit pinned, from requests started at `since`,
+    /// until enough succeed or a sample ends at `deadline`.
     Probing {
         since: Option<Instant>,
+        deadline: Option<Instant>,
         restore: usize,
     },
     Tracking,
@@ -146,11 +162,13 @@ impl Gradient {
             probe_jitter: 0.15,
             probe_limit: 3,
             probe_samples: 50,
+            probe_deadline_windows: 10,
             min: 1,
             max: 1000,
             state: State {
                 phase: Phase::Probing {
                     since: None,
+                    deadline: None,
                     restore: 1,
                 },
                 min_rtt: None,
@@ -183,8 +201,11 @@ impl Gradient {
 
     fn begin_probe(&mut self, now: Instant, limit: usize) -> usize {
         tracing::debug!(target: "floodgate::shed", limit, "measuring the minimum latency");
+        // Checked: a time past what an `Instant` holds is never (not with valid settings).
+        let deadline = now.checked_add(self.window.saturating_mul(self.probe_deadline_windows));
         self.state.phase = Phase::Probing {
             since: Some(now),
+            deadline,
             restore: limit,
         };
         self.state.latencies.clear();
@@ -208,30 +229,62 @@ impl Gradient {
     }
 
     fn probe(&mut self, sample: &Sample, limit: usize) -> usize {
-        let Phase::Probing { since, restore } = self.state.phase else {
+        let Phase::Probing {
+            since,
+            deadline,
+            restore,
+        } = self.state.phase
+        else {
             return limit;
         };
+        let now = sample.ended();
         // Requests admitted before the probe ran at the old limit, so they queued as much
         // as before (Envoy PR #11579: counting them made the minimum climb under load).
-        if since.is_some_and(|since| sample.started < since) || sample.outcome != Outcome::Success {
-            return self.probe_level(restore);
+        let counts =
+            sample.outcome == Outcome::Success && since.is_none_or(|since| sample.started >= since);
+        if counts {
+            self.state.latencies.push(sample.latency);
+            if self.state.latencies.len() >= self.probe_samples {
+                return self.end_probe(now, restore);
+            }
         }
-        self.state.latencies.push(sample.latency);
-        if self.state.latencies.len() < self.probe_samples {
-            return self.probe_level(restore);
+        if deadline.is_some_and(|deadline| now >= deadline) {
+            return self.end_probe(now, restore);
         }
-        let min_rtt = percentile(&mut self.state.latencies, self.percentile);
-        self.state.min_rtt = min_rtt;
+        self.probe_level(restore)
+    }
+
+    /// Ends the probe at `now`, complete or at its deadline: the minimum RTT is replaced if
+    /// the probe has enough successes, and the limit goes back to `restore`.
+    fn end_probe(&mut self, now: Instant, restore: usize) -> usize {
+        let measured = self.state.latencies.len();
+        let enough = self.probe_samples.min(MIN_WINDOW_SAMPLES);
+        // Too few successes keep the previous minimum; any beat having none.
+        if (measured >= enough || self.state.min_rtt.is_none())
+            && let Some(min_rtt) = percentile(&mut self.state.latencies, self.percentile)
+        {
+            self.state.min_rtt = Some(min_rtt);
+        }
+        if measured < self.probe_samples {
+            tracing::debug!(
+                target: "floodgate::shed",
+                measured,
+                wanted = self.probe_samples,
+                min_rtt = ?self.state.min_rtt,
+                limit = restore,
+                "probe deadline reached"
+            );
+        } else {
+            tracing::debug!(target: "floodgate::shed", min_rtt = ?self.state.min_rtt, limit = restore, "minimum latency measured");
+        }
         self.state.latencies.clear();
         self.state.phase = Phase::Tracking;
         self.state.window_start = None;
-        let now = sample.ended();
         let jitter = scaled(self.probe_interval, self.probe_jitter * self.random_share());
         // Checked: a time past what an `Instant` holds is never.
         self.state.next_probe = now
             .checked_add(self.probe_interval)
             .and_then(|next| next.checked_add(jitter));
-        tracing::debug!(target: "floodgate::shed", ?min_rtt, limit = restore, "minimum latency measured");
         restore
     }
 }
@@ -252,16 +305,21 @@ impl LimitAlgorithm for Gradient {
     }
 
     fn update(&mut self, sample: &Sample, limit: usize) -> usize {
+        // Every sample, ignored ones included, may end a probe at its deadline.
+        if matches!(self.state.phase, Phase::Probing { .. }) {
+            return self.probe(sample, limit);
+        }
         if sample.outcome == Outcome::Ignored {
             return limit;
         }
-        let (Phase::Tracking, Some(min_rtt)) = (&self.state.phase, self.state.min_rtt) else {
-            return self.probe(sample, limit);
-        };
         let now = sample.ended();
         if self.state.next_probe.is_some_and(|next| now >= next) {
             return self.begin_probe(now, limit);
         }
+        // No minimum yet (the probes so far saw no success): nothing to compare with.
+        let Some(min_rtt) = self.state.min_rtt else {
+            return limit;
+        };
         let target = scaled(min_rtt, 1.0 + self.buffer);
         let latency = match sample.outcome {
             Outcome::Dropped => sample.latency.max(target.saturating_mul(2)),
@@ -366,6 +424,23 @@ impl GradientBuilder {
         self
     }
 
+    /// How long a probe may last, in windows, from 1 to 100 (default 10: 1 s with the
+    /// default window).
+    ///
+    /// A probe that has not got its [`probe_samples`](Self::probe_samples) successes by then
+    /// ends at the first sample, of any outcome, that ends after the deadline: the limit
+    /// goes back to what it was; the successes it got become the minimum RTT if there are at
+    /// least `min(probe_samples, 10)` of them (at least 1 if there is no minimum yet), else
+    /// the previous minimum is kept; the next scheduled probe is
+    /// [`probe_interval`](Self::probe_interval) plus jitter later. A healthy probe takes
+    /// about `probe_samples · S / probe_limit` for a service taking `S` (0.17 s for 10 ms
+    /// with the defaults), so the default deadline fits services up to 60 ms, and measures
+    /// 10 successes for services up to 300 ms; raise it, or the window, for slower ones.
+    pub fn probe_deadline_windows(mut self, windows: u32) -> Self {
+        self.gradient.probe_deadline_windows = windows;
+        self
+    }
+
     /// The lowest the limit goes (default 1). Separate from the probe limit, so softer
     /// probes do not raise the floor (Envoy issue #38338).
     pub fn min_limit(mut self, min: usize) -> Self {
@@ -423,6 +498,11 @@ impl GradientBuilder {
                 gradient.probe_samples > 0,
                 "Gradient::probe_samples",
                 "at least 1, such as 50",
+            ),
+            (
+                (1..=MAX_PROBE_DEADLINE_WINDOWS).contains(&gradient.probe_deadline_windows),
+                "Gradient::probe_deadline_windows",
+                "a number of windows from 1 to 100, such as 10",
             ),
         ];
         for (valid, setting, expected) in checks {
@@ -555,6 +635,135 @@ mod tests {
         assert_eq!(changed, Some(57));
     }
 
+    /// Feeds the first probe of `gradient` 50 successes of `service`; returns the limit.
+    fn first_probe(
+        gradient: &mut Gradient,
+        now: Instant,
+        initial: usize,
+        service: Duration,
+    ) -> usize {
+        let mut limit = gradient.start(now, initial);
+        for _ in 0..50 {
+            limit = gradient.update(&Sample::new(now, service, 3, Outcome::Success), limit);
+        }
+        limit
+    }
+
+    #[test]
+    fn a_probe_without_enough_successes_ends_at_its_deadline() {
+        let mut gradient = Gradient::builder()
+            .probe_jitter(0.0)
+            .build()
+            .expect("valid");
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(first_probe(&mut gradient, t, 50, ms(10)), 50);
+        assert_eq!(gradient.min_rtt(), Some(ms(10)));
+        // The next probe is due 60 s after the first ended (at t + 10 ms).
+        let due = Sample::new(t + ms(60_010), Duration::ZERO, 3, Outcome::Success);
+        let mut limit = gradient.update(&due, 50);
+        assert_eq!(limit, 3, "a probe starts at t0 = t + 60.01 s");
+        let t0 = due.ended();
+        // The backend now fails 99 % of requests: every 10 ms a fast 503 or a client that
+        // hangs up, and one success of 20 ms per second: 4 in the 1 s = 10 windows.
+        let mut successes = 0;
+        for i in 1..=99_u32 {
+            let outcome = match i % 25 {
+                0 => Outcome::Success,
+                1 => Outcome::Ignored,
+                _ => Outcome::Dropped,
+            };
+            successes += usize::from(outcome == Outcome::Success);
+            let latency = if outcome == Outcome::Success {
+                ms(20)
+            } else {
+                ms(1)
+            };
+            let sample = Sample::new(t0 + ms(10) * (i - 1), latency, 3, outcome);
+            assert!(sample.ended() < t0 + ms(1_000));
+            limit = gradient.update(&sample, limit);
+            assert_eq!(limit, 3, "pinned before the deadline, sample {i}");
+        }
+        assert_eq!(successes, 3);
+        // The first sample that ends at the deadline, t0 + 10 windows, ends the probe, be it
+        // a drop: the old limit comes back, and 3 successes are too few (< 10) to replace
+        // the minimum RTT.
+        let late = Sample::new(t0 + ms(999), ms(1), 3, Outcome::Dropped);
+        limit = gradient.update(&late, limit);
+        assert_eq!(limit, 50, "the previous limit is back at the deadline");
+        assert_eq!(
+            gradient.min_rtt(),
+            Some(ms(10)),
+            "the previous minimum is kept"
+        );
+        // No probe again at once: the next one is due 60 s after this one ended. Idle
+        // successes at the minimum RTT hold the limit, drops or not.
+        for i in 0..200_u32 {
+            let outcome = if i % 2 == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Ignored
+            };
+            let sample = Sample::new(t0 + ms(1_000) + ms(10) * i, ms(10), 3, outcome);
+            limit = gradient.update(&sample, limit);
+            assert_eq!(limit, 50, "no new probe, sample {i}");
+        }
+    }
+
+    #[test]
+    fn a_first_probe_without_successes_ends_and_is_retried_after_the_interval() {
+        let mut gradient = Gradient::builder()
+            .probe_jitter(0.0)
+            .build()
+            .expect("valid");
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut limit = gradient.start(t, 50);
+        assert_eq!(limit, 3);
+        // Everything fails from the start: only drops, every 10 ms.
+        for i in 0..100_u32 {
+            let sample = Sample::new(t + ms(10) * i, ms(5), 3, Outcome::Dropped);
+            limit = gradient.update(&sample, limit);
+            assert_eq!(limit, 3, "pinned before the deadline, sample {i}");
+        }
+        let late = Sample::new(t + ms(1_000), ms(5), 3, Outcome::Dropped);
+        limit = gradient.update(&late, limit);
+        assert_eq!(limit, 50, "the initial limit is back at t + 1 s");
+        assert_eq!(gradient.min_rtt(), None, "nothing measured");
+        // Without a minimum RTT the limit holds, whatever the samples, until the next probe
+        // 60 s after the last one ended (t + 1.005 s).
+        for i in 0..5_000_u32 {
+            let outcome = if i % 3 == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Dropped
+            };
+            let sample = Sample::new(t + ms(1_005) + ms(10) * i, ms(1), 100, outcome);
+            assert!(sample.ended() < t + ms(61_005));
+            limit = gradient.update(&sample, limit);
+            assert_eq!(limit, 50, "held without a minimum, sample {i}");
+        }
+        let due = Sample::new(t + ms(61_005), Duration::ZERO, 3, Outcome::Dropped);
+        limit = gradient.update(&due, limit);
+        assert_eq!(limit, 3, "the probe is retried after the interval");
+        let t0 = due.ended();
+        // The backend is back, but slow: 12 successes of 80 ms before the deadline, fewer
+        // than the 50 a probe wants, are enough (>= 10) for a first minimum.
+        for i in 0..12_u32 {
+            let sample = Sample::new(t0 + ms(80) * i, ms(80), 3, Outcome::Success);
+            limit = gradient.update(&sample, limit);
+            assert_eq!(limit, 3, "pinned before the deadline, success {i}");
+        }
+        let late = Sample::new(t0 + ms(960), ms(80), 3, Outcome::Success);
+        limit = gradient.update(&late, limit);
+        assert_eq!(limit, 50);
+        assert_eq!(
+            gradient.min_rtt(),
+            Some(ms(80)),
+            "measured from 13 successes"
+        );
+    }
+
     /// Runs a probe and a few windows, with drops, through `gradient`.
     fn exercise(mut gradient: Gradient) {
         let mut now = Instant::now();
@@ -583,6 +792,10 @@ mod tests {
             Gradient::builder().buffer(1e300),
             Gradient::builder().buffer(f64::MAX),
             Gradient::builder().buffer(1e9),
+            Gradient::builder()
+                .window(MAX_WINDOW)
+                .probe_interval(MAX_PROBE_INTERVAL)
+                .probe_deadline_windows(MAX_PROBE_DEADLINE_WINDOWS),
         ];
         for builder in extreme {
             match builder.build() {
@@ -603,6 +816,8 @@ mod tests {
             Gradient::builder().probe_jitter(2.0),
             Gradient::builder().probe_limit(0),
             Gradient::builder().probe_samples(0),
+            Gradient::builder().probe_deadline_windows(0),
+            Gradient::builder().probe_deadline_windows(101),
         ];
         for builder in bad {
             assert!(matches!(builder.build(), Err(ConfigError::Setting { .. })));
