@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use floodgate_core::key::{ClientIp, Header};
 use http::{HeaderName, Method, Request, StatusCode};
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 
-use crate::tests::{Body, counting_service, request_from, status};
+use crate::tests::{Body, counting_service, request_from, respond, status};
 use crate::{
     Check, Mode, OnStoreError, Policy, Quota, RateLimitLayer, RateLimitStore, StoreDecision,
     StoreError, StoreFuture,
@@ -137,13 +137,7 @@ async fn every_policy_of_a_request_goes_to_the_store_in_one_call() {
         crate::tests::request(Method::POST, "/items", [192, 0, 2, 1]),
         "team-a",
     );
-    let response = service
-        .ready()
-        .await
-        .expect("ready")
-        .call(post)
-        .await
-        .expect("infallible");
+    let response = respond(&mut service, post).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["ratelimit"],
@@ -187,13 +181,7 @@ async fn a_store_refusal_holds_locally_until_its_retry_time() {
     });
     let mut service =
         per_ip_layer(store.clone(), OnStoreError::FailOpen).layer(counting_service(Arc::default()));
-    let refusal = service
-        .ready()
-        .await
-        .expect("ready")
-        .call(request_from([192, 0, 2, 1]))
-        .await
-        .expect("infallible");
+    let refusal = respond(&mut service, request_from([192, 0, 2, 1])).await;
     assert_eq!(refusal.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(refusal.headers()["retry-after"], "2");
     assert_eq!(refusal.headers()["ratelimit"], r#""per-ip";r=0;t=2"#);
@@ -235,13 +223,7 @@ async fn a_failing_store_admits_or_refuses_as_configured_and_is_counted() {
 
     let mut open =
         per_ip_layer(failing(), OnStoreError::FailOpen).layer(counting_service(Arc::default()));
-    let admitted = open
-        .ready()
-        .await
-        .expect("ready")
-        .call(request_from([192, 0, 2, 1]))
-        .await
-        .expect("infallible");
+    let admitted = respond(&mut open, request_from([192, 0, 2, 1])).await;
     assert_eq!(admitted.status(), StatusCode::OK);
     assert!(
         admitted.headers().get("ratelimit").is_none(),
@@ -251,13 +233,7 @@ async fn a_failing_store_admits_or_refuses_as_configured_and_is_counted() {
     let mut closed =
         per_ip_layer(failing(), OnStoreError::FailClosed).layer(counting_service(Arc::default()));
     for _ in 0..2 {
-        let refused = closed
-            .ready()
-            .await
-            .expect("ready")
-            .call(request_from([192, 0, 2, 1]))
-            .await
-            .expect("infallible");
+        let refused = respond(&mut closed, request_from([192, 0, 2, 1])).await;
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.headers()["retry-after"], "1");
     }

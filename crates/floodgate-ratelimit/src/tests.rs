@@ -45,7 +45,11 @@ pub(crate) fn request(method: Method, path: &str, ip: [u8; 4]) -> Request<Body> 
     request
 }
 
-pub(crate) async fn status<S>(service: &mut S, request: Request<Body>) -> StatusCode
+/// The response `service` gives `request`.
+pub(crate) async fn respond<S>(
+    service: &mut S,
+    request: Request<Body>,
+) -> Response<floodgate_core::body::ResponseBody<Body>>
 where
     S: Service<
             Request<Body>,
@@ -60,7 +64,17 @@ where
         .call(request)
         .await
         .expect("infallible")
-        .status()
+}
+
+pub(crate) async fn status<S>(service: &mut S, request: Request<Body>) -> StatusCode
+where
+    S: Service<
+            Request<Body>,
+            Response = Response<floodgate_core::body::ResponseBody<Body>>,
+            Error = Infallible,
+        >,
+{
+    respond(service, request).await.status()
 }
 
 fn per_ip(quota: Quota) -> RateLimitLayer {
