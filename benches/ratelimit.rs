@@ -1,10 +1,12 @@
 //! floodgate's rate limiter side by side with governor, the crate a Rust user picks today.
 //!
 //! `keyed`: one admitted check of an IPv4 key, against governor's `DefaultKeyedRateLimiter`
-//! at the same quota and with the same key type. `governor_std_clock` is governor reading
-//! `std::time::Instant` (what tokio's clock reads outside tests, and so what floodgate reads)
-//! instead of its default TSC clock, to show how much of a gap is the clock. The quota is large, so every check is
-//! admitted and charged (the write path). Keys are inserted before timing, so the hit path
+//! at the same quota and with the same key type. Each floodgate algorithm runs on its default
+//! clock (tokio's, which reads `std::time::Instant` outside paused tests) and on
+//! `Clock::counter()`, the CPU's counter through quanta, which is governor's default clock.
+//! `governor_std_clock` is governor on `std::time::Instant`. So each clock is compared with
+//! the same clock. The quota is large, so every check is admitted and charged (the write
+//! path). Keys are inserted before timing, so the hit path
 //! is measured. Cases:
 //! - one hot key;
 //! - 10 000 keys round-robin;
@@ -12,8 +14,10 @@
 //! - each again with two threads contending (time per check across both threads).
 //!
 //! `layer`: one request through `RateLimitLayer` keyed by client IP around a service that
-//! answers at once, against `tower_governor`'s `GovernorLayer` with its peer-IP key. Both
-//! run without rate-limit headers; `floodgate_draft_headers` adds draft-11 headers.
+//! answers at once, against `tower_governor`'s `GovernorLayer` with its peer-IP key, each
+//! admitting every timed request. Both run without rate-limit headers;
+//! `floodgate_counter_clock` is floodgate on the counter clock and `floodgate_draft_headers`
+//! adds draft-11 headers.
 //!
 //! Run: `cargo bench --bench ratelimit`.
 
@@ -28,7 +32,9 @@ use std::time::{Duration, Instant};
 use support::ready;
 
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use floodgate::clock::Clock;
 use floodgate::key::{ClientIp, IpKey};
 use floodgate::ratelimit::{Algorithm, HeaderStyle, KeyedLimiter, Policy, Quota, RateLimitLayer};
 use governor::DefaultKeyedRateLimiter;
@@ -75,18 +81,16 @@ impl Check for GovernorStdClock {
     }
 }
 
-fn floodgate(algorithm: Algorithm) -> KeyedLimiter<IpKey> {
+fn floodgate(algorithm: Algorithm, clock: Clock) -> KeyedLimiter<IpKey> {
     let quota = match algorithm {
         Algorithm::TokenBucket => Quota::per_second(PER_SECOND).burst(PER_SECOND),
         _ => Quota::per_second(PER_SECOND),
     };
-    KeyedLimiter::with_max_keys(
-        algorithm,
-        quota,
-        2_000_000,
-        floodgate::ratelimit::OnFull::Overflow,
-    )
-    .expect("a valid quota")
+    KeyedLimiter::builder(algorithm, quota)
+        .max_keys(2_000_000, floodgate::ratelimit::OnFull::Overflow)
+        .clock(clock)
+        .build()
+        .expect("a valid quota")
 }
 
 fn governor_quota() -> governor::Quota {
@@ -125,14 +129,22 @@ fn keyed(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     for (case, count) in cases {
         let keys = keys(count);
-        let limiters: [(&str, Box<dyn Check>); 4] = [
+        let limiters: [(&str, Box<dyn Check>); 6] = [
             (
                 "floodgate_token_bucket",
-                Box::new(floodgate(Algorithm::TokenBucket)),
+                Box::new(floodgate(Algorithm::TokenBucket, Clock::new())),
+            ),
+            (
+                "floodgate_token_bucket_counter_clock",
+                Box::new(floodgate(Algorithm::TokenBucket, Clock::counter())),
             ),
             (
                 "floodgate_sliding_window",
-                Box::new(floodgate(Algorithm::SlidingWindow)),
+                Box::new(floodgate(Algorithm::SlidingWindow, Clock::new())),
+            ),
+            (
+                "floodgate_sliding_window_counter_clock",
+                Box::new(floodgate(Algorithm::SlidingWindow, Clock::counter())),
             ),
             (
                 "governor",
@@ -169,9 +181,11 @@ fn request() -> Request<Body> {
     let mut request = Request::get("/items")
         .body(Body::empty())
         .expect("valid request");
-    request
-        .extensions_mut()
-        .insert(SocketAddr::from(([203, 0, 113, 9], 4711)));
+    let peer = SocketAddr::from(([203, 0, 113, 9], 4711));
+    // Where each layer looks for the peer: floodgate takes either, tower_governor's peer-IP
+    // key only axum's `ConnectInfo`.
+    request.extensions_mut().insert(peer);
+    request.extensions_mut().insert(ConnectInfo(peer));
     request
 }
 
@@ -192,6 +206,8 @@ fn bench_calls<S>(
     S: Service<Request<Body>>,
     S::Response: StatusOf,
 {
+    // Every timed call is an admitted request, not a refusal or an error.
+    assert_eq!(call(&mut service, request()), 200, "{name} admits");
     group.bench_function(name, |b| {
         b.iter_batched(
             request,
@@ -221,8 +237,9 @@ fn layer(c: &mut Criterion) {
     let inner = tower::service_fn(|_: Request<Body>| async {
         Ok::<_, Infallible>(Response::new(Body::empty()))
     });
-    let floodgate_layer = |headers| {
+    let floodgate_layer = |headers, clock| {
         RateLimitLayer::builder()
+            .clock(clock)
             .policy(
                 Policy::token_bucket(
                     "per-ip",
@@ -247,12 +264,17 @@ fn layer(c: &mut Criterion) {
     bench_calls(
         &mut group,
         "floodgate",
-        floodgate_layer(HeaderStyle::None).layer(inner),
+        floodgate_layer(HeaderStyle::None, Clock::new()).layer(inner),
+    );
+    bench_calls(
+        &mut group,
+        "floodgate_counter_clock",
+        floodgate_layer(HeaderStyle::None, Clock::counter()).layer(inner),
     );
     bench_calls(
         &mut group,
         "floodgate_draft_headers",
-        floodgate_layer(HeaderStyle::Draft).layer(inner),
+        floodgate_layer(HeaderStyle::Draft, Clock::new()).layer(inner),
     );
     bench_calls(
         &mut group,

@@ -45,13 +45,10 @@ fn measure(which: &str) -> Result<(), Box<dyn std::error::Error>> {
     let before = resident_bytes();
     let tracked = match which {
         "floodgate" => {
-            let limiter = KeyedLimiter::with_max_keys(
-                Algorithm::TokenBucket,
-                // Hourly, so every key is still active when the sweep runs.
-                Quota::per_hour(10),
-                2_000_000,
-                OnFull::Overflow,
-            )?;
+            // Hourly, so every key is still active when the sweep runs.
+            let limiter = KeyedLimiter::builder(Algorithm::TokenBucket, Quota::per_hour(10))
+                .max_keys(2_000_000, OnFull::Overflow)
+                .build()?;
             for key in &keys {
                 let _ = limiter.check(key);
             }

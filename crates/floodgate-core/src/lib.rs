@@ -9,7 +9,8 @@
 //! - [`encoding`]: content codings and `Accept-Encoding` negotiation.
 //! - [`header`]: total parsers for header lists, parameters, q-values and quoted strings.
 //! - [`metrics`]: the name of every metric, emitted through the `metrics` facade.
-//! - [`clock`]: monotonic nanoseconds from tokio's clock, so tests can pause time.
+//! - [`clock`]: monotonic nanoseconds from tokio's clock, which tests can pause, or from the
+//!   CPU's counter.
 //!
 //! Users reach these through the `floodgate` crate; layer authors depend on this one.
 //!

@@ -14,7 +14,7 @@ use floodgate_core::metrics::{
 };
 use floodgate_core::rejection::{Reason, Rejection, RenderRejection};
 
-use crate::algorithm::Decision;
+use crate::algorithm::{Decision, Remaining};
 use crate::limit::Evaluation;
 use crate::limiter::{Fields, Limiter, Verdict};
 use crate::policy::Mode;
@@ -109,7 +109,7 @@ impl Remote {
                     .increment(1);
                 let decision = Decision {
                     allowed: false,
-                    remaining: 0,
+                    remaining: Remaining::exact(0),
                     reset_after: retry_after,
                     retry_after,
                 };
@@ -195,7 +195,7 @@ pub(crate) fn decision_of(decision: &StoreDecision) -> Decision {
     let retry_after = duration_nanos(decision.retry_after);
     Decision {
         allowed: decision.allowed,
-        remaining: decision.remaining,
+        remaining: Remaining::exact(decision.remaining),
         reset_after: duration_nanos(decision.reset_after),
         retry_after: if decision.allowed {
             0

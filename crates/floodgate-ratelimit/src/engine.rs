@@ -77,6 +77,7 @@ impl ParamCell {
         }
     }
 
+    #[inline]
     fn load(&self) -> [u64; 3] {
         loop {
             let before = self.sequence.load(Ordering::Acquire);
@@ -159,6 +160,7 @@ impl<K: Key, S: State> Engine<K, S> {
         self.configured.load_full()
     }
 
+    #[inline]
     fn params(&self) -> S::Params {
         S::Params::from_words(self.params.load())
     }

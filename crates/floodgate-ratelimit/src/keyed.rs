@@ -1,6 +1,7 @@
 //! [`KeyedLimiter`]: the counting engine of a policy, without HTTP.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,41 +75,26 @@ impl Refusal {
 }
 
 impl<K: Key> KeyedLimiter<K> {
-    /// A limiter tracking up to a million keys, new keys sharing an overflow state beyond.
+    /// A limiter tracking up to a million keys, new keys sharing an overflow state beyond,
+    /// on tokio's clock.
     ///
     /// # Errors
     ///
     /// The [`QuotaError`] if `quota` is not valid for `algorithm`.
     pub fn new(algorithm: Algorithm, quota: Quota) -> Result<Self, QuotaError> {
-        Self::with_max_keys(algorithm, quota, 1_000_000, OnFull::Overflow)
+        Self::builder(algorithm, quota).build()
     }
 
-    /// A limiter tracking up to `max_keys` keys, with `on_full` for new keys beyond.
-    ///
-    /// # Errors
-    ///
-    /// The [`QuotaError`] if `quota` is not valid for `algorithm`.
-    pub fn with_max_keys(
-        algorithm: Algorithm,
-        quota: Quota,
-        max_keys: usize,
-        on_full: OnFull,
-    ) -> Result<Self, QuotaError> {
-        let limits = Limits {
-            max_keys,
-            on_full,
-            sweep_interval: SWEEP_INTERVAL,
-        };
-        let (name, clock) = ("keyed".to_owned(), Clock::new());
-        let engine = match algorithm {
-            Algorithm::TokenBucket => {
-                Engines::TokenBucket(Engine::new(name, quota, limits, clock)?)
-            }
-            Algorithm::SlidingWindow => {
-                Engines::SlidingWindow(Engine::new(name, quota, limits, clock)?)
-            }
-        };
-        Ok(Self { engine })
+    /// Starts a limiter with other bounds or another clock.
+    pub fn builder(algorithm: Algorithm, quota: Quota) -> KeyedLimiterBuilder<K> {
+        KeyedLimiterBuilder {
+            algorithm,
+            quota,
+            max_keys: 1_000_000,
+            on_full: OnFull::Overflow,
+            clock: Clock::new(),
+            key: PhantomData,
+        }
     }
 
     /// Admits one unit for `key` if its quota allows, and charges it.
@@ -154,6 +140,70 @@ impl<K: Key> KeyedLimiter<K> {
             Engines::TokenBucket(engine) => engine.sweep(),
             Engines::SlidingWindow(engine) => engine.sweep(),
         }
+    }
+}
+
+/// Builds a [`KeyedLimiter`].
+///
+/// ```
+/// use floodgate_core::clock::Clock;
+/// use floodgate_ratelimit::{Algorithm, KeyedLimiter, OnFull, Quota};
+///
+/// let jobs: KeyedLimiter<u64> = KeyedLimiter::builder(Algorithm::TokenBucket, Quota::per_second(50))
+///     .max_keys(10_000, OnFull::Reject)
+///     .clock(Clock::counter())
+///     .build()?;
+/// assert!(jobs.check(&7).is_ok());
+/// # Ok::<(), floodgate_ratelimit::QuotaError>(())
+/// ```
+#[must_use]
+#[derive(Debug)]
+pub struct KeyedLimiterBuilder<K> {
+    algorithm: Algorithm,
+    quota: Quota,
+    max_keys: usize,
+    on_full: OnFull,
+    clock: Clock,
+    key: PhantomData<fn() -> K>,
+}
+
+impl<K: Key> KeyedLimiterBuilder<K> {
+    /// Tracks up to `max_keys` keys (default a million), with `on_full` (default
+    /// [`OnFull::Overflow`]) for new keys beyond, as [`Policy::max_keys`](crate::Policy::max_keys).
+    pub fn max_keys(mut self, max_keys: usize, on_full: OnFull) -> Self {
+        self.max_keys = max_keys;
+        self.on_full = on_full;
+        self
+    }
+
+    /// Reads time from `clock` (default tokio's, which tests can pause;
+    /// [`Clock::counter`] is cheaper and does not pause).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The limiter.
+    ///
+    /// # Errors
+    ///
+    /// The [`QuotaError`] if the quota is not valid for the algorithm.
+    pub fn build(self) -> Result<KeyedLimiter<K>, QuotaError> {
+        let limits = Limits {
+            max_keys: self.max_keys,
+            on_full: self.on_full,
+            sweep_interval: SWEEP_INTERVAL,
+        };
+        let name = "keyed".to_owned();
+        let engine = match self.algorithm {
+            Algorithm::TokenBucket => {
+                Engines::TokenBucket(Engine::new(name, self.quota, limits, self.clock)?)
+            }
+            Algorithm::SlidingWindow => {
+                Engines::SlidingWindow(Engine::new(name, self.quota, limits, self.clock)?)
+            }
+        };
+        Ok(KeyedLimiter { engine })
     }
 }
 

@@ -64,8 +64,11 @@
 //!   When the table is full of active keys, new keys share an overflow state or are
 //!   refused ([`OnFull`]). An active client is never reset.
 //! - **The lookup allocates nothing.** A key is copied into the table only when first seen.
-//! - **Time is tokio's.** Tests can `tokio::time::pause()` and `advance()` instead of
-//!   sleeping.
+//! - **Time is tokio's** by default, so tests can `tokio::time::pause()` and `advance()`
+//!   instead of sleeping. In production,
+//!   [`RateLimitLayerBuilder::clock`]`(`[`Clock::counter()`](floodgate_core::clock::Clock::counter)`)`
+//!   reads the CPU's counter instead, as governor does: a cheaper reading that does not
+//!   pause.
 //! - **Refusals are responses.** They carry exact headers: `Retry-After` is rounded up and
 //!   at least 1, and remaining is never negative ([`HeaderStyle`]).
 
@@ -89,7 +92,7 @@ mod tests;
 
 pub use algorithm::Algorithm;
 pub use future::ResponseFuture;
-pub use keyed::{KeyedLimiter, Refusal};
+pub use keyed::{KeyedLimiter, KeyedLimiterBuilder, Refusal};
 pub use layer::{ConfigError, PolicyHandle, RateLimitLayer, RateLimitLayerBuilder};
 pub use policy::{HeaderStyle, Mode, Policy};
 pub use quota::{Quota, QuotaError};

@@ -289,15 +289,14 @@ impl Fields {
                 self.ratelimit,
                 "\"{}\";r={};t={reset}",
                 policy.name(),
-                decision.remaining
+                decision.remaining.units()
             );
         }
-        if style.legacy()
-            && self
-                .legacy
-                .is_none_or(|(_, remaining, _)| decision.remaining <= remaining)
-        {
-            self.legacy = Some((configured.quota.count(), decision.remaining, reset));
+        if style.legacy() {
+            let remaining = decision.remaining.units();
+            if self.legacy.is_none_or(|(_, least, _)| remaining <= least) {
+                self.legacy = Some((configured.quota.count(), remaining, reset));
+            }
         }
     }
 

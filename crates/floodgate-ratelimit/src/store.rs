@@ -41,6 +41,18 @@ pub(crate) enum Slot<R> {
     Full,
 }
 
+impl<R> Slot<R> {
+    /// The same slot with `f` applied to what was found.
+    #[inline]
+    pub(crate) fn map<T>(self, f: impl FnOnce(R) -> T) -> Slot<T> {
+        match self {
+            Slot::Key(found) => Slot::Key(f(found)),
+            Slot::Overflow(found) => Slot::Overflow(f(found)),
+            Slot::Full => Slot::Full,
+        }
+    }
+}
+
 /// One shard on its own cache lines, so neighbouring locks do not share one.
 #[repr(align(128))]
 #[derive(Debug)]

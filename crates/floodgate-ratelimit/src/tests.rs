@@ -727,6 +727,16 @@ fn invalid_layers_are_refused_when_built() {
         .policy(Policy::token_bucket("x", Global, Quota::per_second(1)))
         .build();
     assert_eq!(twice.err(), Some(ConfigError::DuplicateName("x".into())));
+    // The first policy refused is the one named, even when a later one is refused too.
+    let first = RateLimitLayer::builder()
+        .policy(Policy::token_bucket("zero", Global, Quota::per_second(0)))
+        .policy(Policy::token_bucket(
+            "bad name",
+            Global,
+            Quota::per_second(1),
+        ))
+        .build();
+    assert!(matches!(first, Err(ConfigError::Quota { policy, .. }) if policy == "zero"));
     assert_eq!(
         RateLimitLayer::builder().build().err(),
         Some(ConfigError::NoPolicies)
@@ -736,6 +746,37 @@ fn invalid_layers_are_refused_when_built() {
             .to_string()
             .contains("at least one policy")
     );
+}
+
+/// The counter clock does not follow paused time, so only what needs no time to pass is
+/// checked: the burst is admitted and the next request refused, with the true wait.
+#[tokio::test]
+async fn a_layer_on_the_counter_clock_enforces_its_quota() {
+    let layer = RateLimitLayer::builder()
+        .clock(floodgate_core::clock::Clock::counter())
+        .policy(Policy::token_bucket(
+            "per-ip",
+            ClientIp::new(),
+            Quota::per_hour(1).burst(2),
+        ))
+        .build()
+        .expect("valid layer");
+    let mut service = layer.layer(counting_service(Arc::default()));
+    for _ in 0..2 {
+        assert_eq!(
+            status(&mut service, request_from([192, 0, 2, 1])).await,
+            StatusCode::OK
+        );
+    }
+    let refused = respond(&mut service, request_from([192, 0, 2, 1])).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .expect("ASCII")
+        .parse()
+        .expect("seconds");
+    // One token an hour: the wait is within a second or so of the full hour.
+    assert!((3598..=3600).contains(&retry_after), "{retry_after}");
 }
 
 #[tokio::test(start_paused = true)]

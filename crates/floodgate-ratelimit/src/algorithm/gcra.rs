@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use floodgate_core::key::Key;
 
-use super::{Decision, State, Words};
+use super::{Decision, Remaining, State, Words};
 use crate::quota::{Quota, QuotaError};
 use crate::store::{Slot, Store};
 
@@ -39,8 +39,28 @@ impl Words for GcraParams {
     }
 }
 
+/// What one charge attempt did to a TAT.
+#[derive(Debug, Clone, Copy)]
+enum Charge {
+    /// Admitted: the TAT moved to this.
+    Admitted { next: u64 },
+    /// Refused: the TAT (or now, if later) it was refused at, left unchanged, and where
+    /// the charge would have moved it.
+    Refused { base: u64, next: u64 },
+}
+
 impl Gcra {
-    pub(crate) fn decide(&self, params: &GcraParams, now: u64, cost: u32) -> Decision {
+    /// A charge and its decision at once, as the tests check them.
+    #[cfg(test)]
+    fn decide(&self, params: &GcraParams, now: u64, cost: u32) -> Decision {
+        decision(params, now, self.charge(params, now, cost))
+    }
+
+    /// The compare-and-swap alone. It runs under the shard's lock, so what it does not
+    /// need (the decision's numbers) is worked out after the lock is let go: each store
+    /// made inside delays the unlocking atomic.
+    #[inline]
+    fn charge(&self, params: &GcraParams, now: u64, cost: u32) -> Charge {
         let increment = params.emission.saturating_mul(u64::from(cost));
         // Relaxed is enough: the TAT is the only data, and the compare-and-swap orders all
         // writes to it.
@@ -48,28 +68,14 @@ impl Gcra {
         loop {
             let base = tat.max(now);
             let next = base.saturating_add(increment);
-            let ahead = next - now;
-            if ahead > params.tolerance {
-                return Decision {
-                    allowed: false,
-                    remaining: (params.tolerance - (base - now).min(params.tolerance))
-                        / params.emission,
-                    reset_after: base - now,
-                    retry_after: ahead - params.tolerance,
-                };
+            if next - now > params.tolerance {
+                return Charge::Refused { base, next };
             }
             match self
                 .tat
                 .compare_exchange_weak(tat, next, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => {
-                    return Decision {
-                        allowed: true,
-                        remaining: (params.tolerance - ahead) / params.emission,
-                        reset_after: ahead,
-                        retry_after: 0,
-                    };
-                }
+                Ok(_) => return Charge::Admitted { next },
                 Err(actual) => tat = actual,
             }
         }
@@ -83,6 +89,34 @@ impl Gcra {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                 Some(tat.saturating_sub(increment))
             });
+    }
+}
+
+/// The decision a charge made at `now` stands for.
+#[inline]
+fn decision(params: &GcraParams, now: u64, charge: Charge) -> Decision {
+    match charge {
+        Charge::Admitted { next } => {
+            let ahead = next - now;
+            Decision {
+                allowed: true,
+                remaining: Remaining::new(u128::from(params.tolerance - ahead), params.emission),
+                reset_after: ahead,
+                retry_after: 0,
+            }
+        }
+        Charge::Refused { base, next } => {
+            let ahead = base - now;
+            Decision {
+                allowed: false,
+                remaining: Remaining::new(
+                    u128::from(params.tolerance - ahead.min(params.tolerance)),
+                    params.emission,
+                ),
+                reset_after: ahead,
+                retry_after: next - now - params.tolerance,
+            }
+        }
     }
 }
 
@@ -114,7 +148,9 @@ impl State for Gcra {
         now: u64,
         cost: u32,
     ) -> Slot<Decision> {
-        store.with_shared(key, |state| state.decide(params, now, cost))
+        store
+            .with_shared(key, |state| state.charge(params, now, cost))
+            .map(|charge| decision(params, now, charge))
     }
 
     fn refund<K: Key>(store: &Store<K, Self>, key: &K, params: &GcraParams, _: u64, cost: u32) {
@@ -149,15 +185,15 @@ mod tests {
         assert_eq!(admitted, [true, true, true, false]);
         let refused = state.decide(&params, start, 1);
         assert_eq!(refused.retry_after, SECOND / 10);
-        assert_eq!(refused.remaining, 0);
+        assert_eq!(refused.remaining.units(), 0);
         assert!(!state.decide(&params, start + SECOND / 10 - 1, 1).allowed);
         let next = state.decide(&params, start + SECOND / 10, 1);
         assert!(next.allowed);
-        assert_eq!(next.remaining, 0);
+        assert_eq!(next.remaining.units(), 0);
         // After a full refill (3 intervals) the whole burst is back.
         let later = start + SECOND / 10 + 3 * SECOND / 10;
         assert!(state.is_fresh(&params, later));
-        assert_eq!(state.decide(&params, later, 1).remaining, 2);
+        assert_eq!(state.decide(&params, later, 1).remaining.units(), 2);
     }
 
     #[test]
@@ -165,9 +201,12 @@ mod tests {
         let params = params(Quota::per_minute(60).burst(10));
         let state = Gcra::default();
         let first = state.decide(&params, 0, 1);
-        assert_eq!((first.remaining, first.reset_after), (9, SECOND));
+        assert_eq!((first.remaining.units(), first.reset_after), (9, SECOND));
         let second = state.decide(&params, 0, 4);
-        assert_eq!((second.remaining, second.reset_after), (5, 5 * SECOND));
+        assert_eq!(
+            (second.remaining.units(), second.reset_after),
+            (5, 5 * SECOND)
+        );
     }
 
     #[test]
@@ -188,7 +227,7 @@ mod tests {
         assert!(state.decide(&params, 0, 2).allowed);
         state.give_back(&params, 2);
         assert!(state.is_fresh(&params, 0));
-        assert_eq!(state.decide(&params, 0, 2).remaining, 0);
+        assert_eq!(state.decide(&params, 0, 2).remaining.units(), 0);
     }
 
     #[test]

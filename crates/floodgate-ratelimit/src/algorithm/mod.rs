@@ -48,13 +48,39 @@ pub enum Algorithm {
     SlidingWindow,
 }
 
+/// Unit requests a key could still make, kept as a quotient until a header asks for it:
+/// the division costs more than the rest of an admitted decision, and most decisions are
+/// never reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Remaining {
+    room: u128,
+    per_unit: u64,
+}
+
+impl Remaining {
+    /// `room` measured in `per_unit`s (rounded down); a zero `per_unit` counts as one.
+    pub(crate) fn new(room: u128, per_unit: u64) -> Self {
+        Self { room, per_unit }
+    }
+
+    /// Exactly `units`.
+    pub(crate) fn exact(units: u64) -> Self {
+        Self::new(u128::from(units), 1)
+    }
+
+    /// The whole units, saturating at `u64::MAX`.
+    pub(crate) fn units(self) -> u64 {
+        u64::try_from(self.room / u128::from(self.per_unit.max(1))).unwrap_or(u64::MAX)
+    }
+}
+
 /// What one decision found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Decision {
     /// Whether the request was admitted (and charged).
     pub(crate) allowed: bool,
     /// Unit requests the key could still make right now, after this one.
-    pub(crate) remaining: u64,
+    pub(crate) remaining: Remaining,
     /// Nanoseconds until the key's quota is whole again.
     pub(crate) reset_after: u64,
     /// Nanoseconds until this request would be admitted (0 when it was).

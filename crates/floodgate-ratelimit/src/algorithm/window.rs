@@ -2,7 +2,7 @@
 
 use floodgate_core::key::Key;
 
-use super::{Decision, State, Words};
+use super::{Decision, Remaining, State, Words};
 use crate::quota::{Quota, QuotaError};
 use crate::store::{Slot, Store};
 
@@ -67,14 +67,14 @@ impl Window {
             self.current += cost;
             return Decision {
                 allowed: true,
-                remaining: saturating_u64((limit_scaled - wanted) / window_u),
+                remaining: Remaining::new(limit_scaled - wanted, window),
                 reset_after: self.reset_after(window, now),
                 retry_after: 0,
             };
         }
         Decision {
             allowed: false,
-            remaining: saturating_u64(limit_scaled.saturating_sub(used) / window_u),
+            remaining: Remaining::new(limit_scaled.saturating_sub(used), window),
             reset_after: self.reset_after(window, now),
             retry_after: self.wait_for(params, now, cost),
         }
