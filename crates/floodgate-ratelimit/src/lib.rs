@@ -56,8 +56,9 @@
 //! # Guarantees
 //!
 //! - **Algorithms** have their contracts written as numbers in [`Algorithm`]. A token
-//!   bucket keeps one `AtomicU64` per key, changed by compare-and-swap under its shard's
-//!   shared read lock: no exclusive lock on the hot path.
+//!   bucket keeps one `AtomicU64` per key and a sliding window one 128-bit atomic, each
+//!   changed by compare-and-swap under its shard's shared read lock: no exclusive lock on
+//!   the hot path.
 //! - **Memory is bounded without a bypass.** Each policy tracks at most
 //!   [`max_keys`](Policy::max_keys) keys. A key is dropped only when its state is
 //!   equivalent to an absent key, by a sweeper that locks one of 128 shards at a time.

@@ -8,7 +8,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock};
+use std::sync::{PoisonError, RwLock};
 
 use floodgate_core::key::Key;
 use hashbrown::HashTable;
@@ -68,7 +68,7 @@ pub(crate) struct Store<K, S> {
     len: AtomicUsize,
     max_keys: usize,
     on_full: OnFull,
-    overflow: Mutex<S>,
+    overflow: S,
 }
 
 impl<K, S> Store<K, S> {
@@ -95,7 +95,7 @@ impl<K: Key, S: Default> Store<K, S> {
             len: AtomicUsize::new(0),
             max_keys,
             on_full,
-            overflow: Mutex::new(S::default()),
+            overflow: S::default(),
         }
     }
 
@@ -106,7 +106,7 @@ impl<K: Key, S: Default> Store<K, S> {
         &self.shards[usize::try_from(index).unwrap_or_default()]
     }
 
-    /// Runs `f` on the state of `key` under the shard's read lock (states with interior
+    /// Runs `f` on the state of `key` under the shard's read lock (states have interior
     /// mutability), inserting a fresh state the first time the key is seen.
     pub(crate) fn with_shared<R>(&self, key: &K, f: impl FnOnce(&S) -> R) -> Slot<R> {
         let hash = self.hasher.hash_one(key);
@@ -117,25 +117,21 @@ impl<K: Key, S: Default> Store<K, S> {
                 return Slot::Key(f(state));
             }
         }
-        self.with_exclusive_hashed(hash, shard, key, |state| f(state))
+        self.insert(hash, shard, key, f)
     }
 
-    /// Runs `f` on the state of `key` under the shard's write lock, inserting a fresh state
-    /// the first time the key is seen.
-    pub(crate) fn with_exclusive<R>(&self, key: &K, f: impl FnOnce(&mut S) -> R) -> Slot<R> {
-        let hash = self.hasher.hash_one(key);
-        self.with_exclusive_hashed(hash, self.shard(hash), key, f)
-    }
-
-    fn with_exclusive_hashed<R>(
+    /// The first sight of `key` (or a race with another insert of it): under the shard's
+    /// write lock, its state if another request inserted it meanwhile, else a fresh one if
+    /// the cap allows, else the overflow state or nothing.
+    fn insert<R>(
         &self,
         hash: u64,
         shard: &Shard<K, S>,
         key: &K,
-        f: impl FnOnce(&mut S) -> R,
+        f: impl FnOnce(&S) -> R,
     ) -> Slot<R> {
         let mut table = shard.table.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, state)) = table.find_mut(hash, |(stored, _)| stored == key) {
+        if let Some((_, state)) = table.find(hash, |(stored, _)| stored == key) {
             return Slot::Key(f(state));
         }
         let reserved = self
@@ -149,14 +145,11 @@ impl<K: Key, S: Default> Store<K, S> {
             let entry = table.insert_unique(hash, (key.detach(), S::default()), |(stored, _)| {
                 self.hasher.hash_one(stored)
             });
-            return Slot::Key(f(&mut entry.into_mut().1));
+            return Slot::Key(f(&entry.get().1));
         }
         drop(table);
         match self.on_full {
-            OnFull::Overflow => {
-                let mut state = self.overflow.lock().unwrap_or_else(PoisonError::into_inner);
-                Slot::Overflow(f(&mut state))
-            }
+            OnFull::Overflow => Slot::Overflow(f(&self.overflow)),
             OnFull::Reject => Slot::Full,
         }
     }
@@ -211,9 +204,9 @@ mod tests {
     #[test]
     fn a_full_table_refuses_new_keys_when_told_to() {
         let store: Store<u32, AtomicU64> = Store::new(1, OnFull::Reject);
-        assert!(matches!(store.with_exclusive(&1, |_| ()), Slot::Key(())));
-        assert!(matches!(store.with_exclusive(&2, |_| ()), Slot::Full));
-        assert!(matches!(store.with_exclusive(&1, |_| ()), Slot::Key(())));
+        assert!(matches!(store.with_shared(&1, |_| ()), Slot::Key(())));
+        assert!(matches!(store.with_shared(&2, |_| ()), Slot::Full));
+        assert!(matches!(store.with_shared(&1, |_| ()), Slot::Key(())));
     }
 
     #[test]

@@ -926,3 +926,28 @@ async fn a_delayed_request_holds_nothing_downstream_while_it_waits() {
     assert_eq!(delayed.status(), StatusCode::OK);
     assert!(start.elapsed() >= Duration::from_secs(1));
 }
+
+/// Two threads hammering one key, with no runtime between them: each algorithm's
+/// compare-and-swap admits exactly the quota, never one more.
+#[test]
+fn two_threads_on_one_key_admit_exactly_the_quota() {
+    use crate::{Algorithm, KeyedLimiter};
+    for algorithm in [Algorithm::TokenBucket, Algorithm::SlidingWindow] {
+        let limiter: KeyedLimiter<u32> =
+            KeyedLimiter::new(algorithm, Quota::new(5_000, Duration::from_secs(86_400)))
+                .expect("valid quota");
+        let admitted = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    for _ in 0..20_000 {
+                        if limiter.check(&7).is_ok() {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(admitted.load(Ordering::Relaxed), 5_000, "{algorithm:?}");
+    }
+}

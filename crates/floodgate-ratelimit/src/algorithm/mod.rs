@@ -44,7 +44,11 @@ pub enum Algorithm {
     /// for even traffic and errs by a few percent on ordinary traffic (Cloudflare measured
     /// 0.003 % wrong decisions). A client that packs `L` requests at the end of one window
     /// and nearly `L` more at the end of the next (when the previous count has almost slid
-    /// out) gets up to `2L − 1` within the span of one window; an exact log would admit `L`. Counts are per window, so a limit can be any `u32`.
+    /// out) gets up to `2L − 1` within the span of one window; an exact log would admit `L`.
+    /// Counts are per window, so a limit can be any `u32`.
+    ///
+    /// The window's start and both counts share one 128-bit atomic, changed by
+    /// compare-and-swap like the token bucket's TAT (`cmpxchg16b` on x86-64).
     SlidingWindow,
 }
 

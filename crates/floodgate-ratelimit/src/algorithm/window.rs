@@ -1,14 +1,25 @@
 //! The weighted two-window counter.
 
+use std::sync::atomic::Ordering;
+
 use floodgate_core::key::Key;
+use portable_atomic::AtomicU128;
 
 use super::{Decision, Remaining, State, Words};
 use crate::quota::{Quota, QuotaError};
 use crate::store::{Slot, Store};
 
+/// A key's window state in one 128-bit atomic, changed by compare-and-swap under the
+/// shard's shared read lock, as a token bucket is: requests for different keys of a shard
+/// never wait on each other, and those for one key retry rather than queue.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    counts: AtomicU128,
+}
+
 /// A key's window: when the current one started and what the last two counted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Window {
+struct Counts {
     start: u64,
     previous: u32,
     current: u32,
@@ -34,7 +45,25 @@ impl Words for WindowParams {
     }
 }
 
-impl Window {
+impl Counts {
+    fn from_bits(bits: u128) -> Self {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "unpacking the fields `to_bits` packed"
+        )]
+        Self {
+            start: (bits >> 64) as u64,
+            previous: (bits >> 32) as u32,
+            current: bits as u32,
+        }
+    }
+
+    fn to_bits(self) -> u128 {
+        (u128::from(self.start) << 64)
+            | (u128::from(self.previous) << 32)
+            | u128::from(self.current)
+    }
+
     /// Moves the windows forward to `now`. A key whose counts are both zero starts a new
     /// window at `now`, exactly as an absent key would, so dropping it changes nothing.
     fn roll(&mut self, window: u64, now: u64) {
@@ -50,7 +79,13 @@ impl Window {
         }
     }
 
-    pub(crate) fn decide(&mut self, params: &WindowParams, now: u64, cost: u32) -> Decision {
+    /// Whether these counts are equivalent to an absent key at `now`.
+    fn is_fresh(mut self, params: &WindowParams, now: u64) -> bool {
+        self.roll(params.window, now);
+        self.previous == 0 && self.current == 0
+    }
+
+    fn decide(&mut self, params: &WindowParams, now: u64, cost: u32) -> Decision {
         let WindowParams { limit, window } = *params;
         self.roll(window, now);
         // A request that read the clock just before another started this window can be a
@@ -126,6 +161,40 @@ impl Window {
     }
 }
 
+impl Window {
+    /// Charges `cost` at `now` if the window allows it. A refusal stores nothing: the
+    /// windows it rolled forward roll the same way from the stored state next time.
+    fn decide(&self, params: &WindowParams, now: u64, cost: u32) -> Decision {
+        let mut bits = self.counts.load(Ordering::Relaxed);
+        loop {
+            let mut counts = Counts::from_bits(bits);
+            let decision = counts.decide(params, now, cost);
+            if !decision.allowed {
+                return decision;
+            }
+            match self.counts.compare_exchange_weak(
+                bits,
+                counts.to_bits(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return decision,
+                Err(actual) => bits = actual,
+            }
+        }
+    }
+
+    fn give_back(&self, params: &WindowParams, now: u64, cost: u32) {
+        let _ = self
+            .counts
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let mut counts = Counts::from_bits(bits);
+                counts.give_back(params, now, cost);
+                Some(counts.to_bits())
+            });
+    }
+}
+
 fn saturating_u64(value: u128) -> u64 {
     u64::try_from(value).unwrap_or(u64::MAX)
 }
@@ -159,17 +228,15 @@ impl State for Window {
         now: u64,
         cost: u32,
     ) -> Slot<Decision> {
-        store.with_exclusive(key, |state| state.decide(params, now, cost))
+        store.with_shared(key, |state| state.decide(params, now, cost))
     }
 
     fn refund<K: Key>(store: &Store<K, Self>, key: &K, params: &WindowParams, now: u64, cost: u32) {
-        let _ = store.with_exclusive(key, |state| state.give_back(params, now, cost));
+        let _ = store.with_shared(key, |state| state.give_back(params, now, cost));
     }
 
     fn is_fresh(&self, params: &WindowParams, now: u64) -> bool {
-        let mut rolled = *self;
-        rolled.roll(params.window, now);
-        rolled.previous == 0 && rolled.current == 0
+        Counts::from_bits(self.counts.load(Ordering::Relaxed)).is_fresh(params, now)
     }
 }
 
@@ -188,7 +255,7 @@ mod tests {
     #[test]
     fn admits_the_limit_in_a_window_then_refuses() {
         let params = params(10, 60);
-        let mut state = Window::default();
+        let mut state = Counts::default();
         let admitted = (0..15)
             .filter(|i| state.decide(&params, 100 * SECOND + i, 1).allowed)
             .count();
@@ -198,7 +265,7 @@ mod tests {
     #[test]
     fn the_previous_window_slides_out_linearly() {
         let params = params(10, 60);
-        let mut state = Window::default();
+        let mut state = Counts::default();
         for _ in 0..10 {
             assert!(state.decide(&params, 0, 1).allowed);
         }
@@ -217,7 +284,7 @@ mod tests {
     #[test]
     fn a_full_current_window_waits_into_the_next() {
         let params = params(4, 10);
-        let mut state = Window::default();
+        let mut state = Counts::default();
         for _ in 0..4 {
             assert!(state.decide(&params, 0, 1).allowed);
         }
@@ -239,7 +306,7 @@ mod tests {
     #[test]
     fn adversarial_timing_gets_just_under_twice_the_limit_in_one_window() {
         let params = params(100, 60);
-        let mut state = Window::default();
+        let mut state = Counts::default();
         // One request starts the key's window at 0; 99 more at its very end.
         assert!(state.decide(&params, 0, 1).allowed);
         let late = (0..99)
@@ -256,7 +323,7 @@ mod tests {
     #[test]
     fn freshness_means_both_counts_aged_out() {
         let params = params(5, 10);
-        let mut state = Window::default();
+        let mut state = Counts::default();
         assert!(state.is_fresh(&params, 0));
         assert!(state.decide(&params, SECOND, 1).allowed);
         assert!(!state.is_fresh(&params, SECOND));
@@ -267,7 +334,7 @@ mod tests {
     #[test]
     fn refund_undoes_a_charge() {
         let params = params(2, 10);
-        let mut state = Window::default();
+        let mut state = Counts::default();
         assert!(state.decide(&params, 0, 2).allowed);
         state.give_back(&params, 0, 2);
         assert!(state.is_fresh(&params, 0));
@@ -291,7 +358,7 @@ mod tests {
         ) {
             let params = params(limit, 10);
             let cost = cost.min(limit);
-            let mut state = Window::default();
+            let mut state = Counts::default();
             let mut now = 0;
             for gap in gaps {
                 now += gap;
@@ -310,12 +377,12 @@ mod tests {
             gaps in proptest::collection::vec(0u64..25 * SECOND, 1..80),
         ) {
             let params = params(3, 10);
-            let (mut kept, mut dropped) = (Window::default(), Window::default());
+            let (mut kept, mut dropped) = (Counts::default(), Counts::default());
             let mut now = 0;
             for gap in gaps {
                 now += gap;
                 if dropped.is_fresh(&params, now) {
-                    dropped = Window::default();
+                    dropped = Counts::default();
                 }
                 prop_assert_eq!(kept.decide(&params, now, 1), dropped.decide(&params, now, 1));
             }
