@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use crate::directives::ResponseDirectives;
 use crate::freshness::{self, Timing};
 use crate::key::{Secondary, Vary};
-use crate::status::CACHE_STATUS;
+use crate::served::Served;
 
 /// Why a response was not stored; the `detail` of its `Cache-Status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,9 +115,8 @@ pub(crate) struct Entry {
     /// with a `Date` and, when configured, a generated `ETag`.
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
-    /// `headers` as a hit sends them: with an `Age` and a `Cache-Status` already in place,
-    /// so that a hit replaces two values and the map never grows.
-    pub(crate) served: HeaderMap,
+    /// `status` and `headers` as a hit sends them, with an `Age` and a `Cache-Status`.
+    pub(crate) served: Served,
     pub(crate) timing: Timing,
     pub(crate) directives: ResponseDirectives,
     pub(crate) vary: Vary,
@@ -188,14 +187,7 @@ impl Entry {
         let modified = freshness::last_modified(&headers)
             .or_else(|| freshness::date(&headers))
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut served = headers.clone();
-        served.insert(http::header::AGE, HeaderValue::from_static("0"));
-        if !served.contains_key(&CACHE_STATUS) {
-            served.insert(CACHE_STATUS.clone(), HeaderValue::from_static("floodgate"));
-        }
-        // A clone keeps the index's size: with room to spare, replacing the two values in
-        // a clone never makes it grow (an insert into a full map grows it first).
-        served.reserve(served.len());
+        let served = Served::new(status, &headers);
         let header_bytes: usize = headers
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len() + 32)

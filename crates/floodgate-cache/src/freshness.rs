@@ -119,7 +119,13 @@ impl Timing {
 
     /// How long the response stays fresh after `now`; negative when stale, by how much.
     pub(crate) fn fresh_for(&self, now: Instant) -> SignedDuration {
-        SignedDuration::between(self.lifetime, self.age(now))
+        self.fresh_at(self.age(now))
+    }
+
+    /// How long the response stays fresh once it is `age` old: [`fresh_for`](Self::fresh_for)
+    /// for a caller that has the age already.
+    pub(crate) fn fresh_at(&self, age: Duration) -> SignedDuration {
+        SignedDuration::between(self.lifetime, age)
     }
 }
 

@@ -153,8 +153,19 @@ impl Vary {
 }
 
 /// A variant's secondary key (empty without `Vary`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Eq, Default)]
 pub(crate) struct Secondary(Box<str>);
+
+// By hand, so that two empty keys, which every lookup of a URI without `Vary` compares,
+// never reach `memcmp`. glibc's EVEX `memcmp` (2.36, chosen on AVX-512 machines) loads
+// short inputs with a masked load even when the length is zero, here from an empty
+// string's dangling pointer; suppressing that load's fault took 160 ns on an AMD EPYC VM,
+// more than the whole moka lookup, against 2 ns for two short non-empty keys.
+impl PartialEq for Secondary {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && (self.0.is_empty() || self.0 == other.0)
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -201,6 +212,15 @@ mod tests {
                 HeaderName::from_static("x-a")
             ]
         );
+    }
+
+    #[test]
+    fn secondary_keys_are_equal_only_with_the_same_text() {
+        let key = |text: &str| Secondary(text.into());
+        assert_eq!(key(""), Secondary::default());
+        assert_eq!(key("4:gzip"), key("4:gzip"));
+        assert_ne!(key(""), key("-"));
+        assert_ne!(key("4:gzip"), key("4:gzap"));
     }
 
     #[test]

@@ -89,6 +89,7 @@ mod freshness;
 mod future;
 mod key;
 mod layer;
+mod served;
 mod service;
 mod status;
 mod store;

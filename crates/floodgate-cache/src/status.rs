@@ -1,5 +1,6 @@
 //! The `Cache-Status` field (RFC 9211) on every response the cache touched.
 
+use http::header::GetAll;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -35,7 +36,7 @@ impl Forward {
 }
 
 /// One `Cache-Status` member for this cache.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct CacheStatus {
     pub(crate) forward: Option<Forward>,
     pub(crate) forward_status: Option<u16>,
@@ -64,17 +65,17 @@ impl CacheStatus {
     /// Appends the member to `headers`' `Cache-Status`, after the members of caches
     /// nearer the origin.
     pub(crate) fn append_to(&self, name: &str, headers: &mut HeaderMap) {
-        let value = self.render(name, headers.get(&CACHE_STATUS));
+        let value = self.render(name, headers.get_all(&CACHE_STATUS));
         headers.insert(CACHE_STATUS.clone(), value);
     }
 
-    /// The field's value: the members of caches nearer the origin (`upstream`), then this
-    /// cache's, named `name`. Built by hand rather than with `format!`: it is on the hit
-    /// path.
-    pub(crate) fn render(&self, name: &str, upstream: Option<&HeaderValue>) -> HeaderValue {
+    /// The field's value: the members of caches nearer the origin (`upstream`, every line
+    /// of it, in order: RFC 9110 §5.3), then this cache's, named `name`. Built by hand
+    /// rather than with `format!`. A line that is not visible ASCII is left out.
+    pub(crate) fn render(&self, name: &str, upstream: GetAll<'_, HeaderValue>) -> HeaderValue {
         let mut value = String::with_capacity(64);
-        if let Some(upstream) = upstream.and_then(|upstream| upstream.to_str().ok()) {
-            value.push_str(upstream);
+        for line in upstream.into_iter().filter_map(|line| line.to_str().ok()) {
+            value.push_str(line);
             value.push_str(", ");
         }
         value.push_str(name);
@@ -142,6 +143,21 @@ mod tests {
         }
         status.append_to("floodgate", &mut headers);
         headers[&CACHE_STATUS].to_str().expect("ascii").to_owned()
+    }
+
+    #[test]
+    fn every_upstream_line_is_kept_in_order() {
+        let mut headers = HeaderMap::new();
+        headers.append(&CACHE_STATUS, HeaderValue::from_static("origin; hit"));
+        headers.append(
+            &CACHE_STATUS,
+            HeaderValue::from_static("edge; fwd=uri-miss"),
+        );
+        CacheStatus::hit(5).append_to("floodgate", &mut headers);
+        assert_eq!(
+            headers.get_all(&CACHE_STATUS).iter().collect::<Vec<_>>(),
+            ["origin; hit, edge; fwd=uri-miss, floodgate; hit; ttl=5"]
+        );
     }
 
     #[test]

@@ -229,8 +229,9 @@ async fn fresh_responses_are_served_with_their_age_until_they_go_stale() {
 
     tokio::time::advance(Duration::from_secs(30)).await;
     let stale = client.get("/items", &[]).await;
+    // Stale, with no validator of the origin's and no stale window: nothing keeps it.
     assert!(
-        stale.cache_status().starts_with("floodgate; fwd=stale"),
+        stale.cache_status().starts_with("floodgate; fwd=uri-miss"),
         "{}",
         stale.cache_status()
     );
@@ -588,15 +589,52 @@ async fn request_directives_are_obeyed() {
     assert!(pragma.cache_status().contains("fwd=request"));
 }
 
+/// Retention runs on the cache's clock, which the test pauses: a stale entry with a
+/// validator is kept `keep_stale` for revalidation, and then is gone.
+#[tokio::test(start_paused = true)]
+async fn a_stale_entry_is_kept_for_revalidation_then_dropped() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=10"), ("etag", "\"v1\"")],
+        "body",
+    );
+    let client = client(&origin, cache().keep_stale(Duration::from_secs(30)));
+    let _ = client.get("/k", &[]).await;
+    tokio::time::advance(Duration::from_secs(39)).await;
+    let kept = client.get("/k", &[]).await;
+    assert!(
+        kept.cache_status().starts_with("floodgate; fwd=stale"),
+        "29 s stale, within keep_stale: {}",
+        kept.cache_status()
+    );
+    // That revalidation stored a fresh copy; let it go stale past keep_stale.
+    tokio::time::advance(Duration::from_secs(41)).await;
+    let gone = client.get("/k", &[]).await;
+    assert!(
+        gone.cache_status().starts_with("floodgate; fwd=uri-miss"),
+        "31 s stale: {}",
+        gone.cache_status()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn max_stale_serves_stale_only_where_the_response_allows_it() {
+    // Each has a validator, so it is kept past freshness for revalidation (`keep_stale`).
     for (fields, served_stale) in [
-        (&[("cache-control", "max-age=1")][..], true),
         (
-            &[("cache-control", "max-age=1, must-revalidate")][..],
+            &[("cache-control", "max-age=1"), ("etag", "\"v1\"")][..],
+            true,
+        ),
+        (
+            &[
+                ("cache-control", "max-age=1, must-revalidate"),
+                ("etag", "\"v1\""),
+            ][..],
             false,
         ),
-        (&[("cache-control", "s-maxage=1")][..], false),
+        (
+            &[("cache-control", "s-maxage=1"), ("etag", "\"v1\"")][..],
+            false,
+        ),
     ] {
         let origin = Origin::fixed(fields, "body");
         let client = client(&origin, cache());
