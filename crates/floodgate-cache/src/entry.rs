@@ -220,6 +220,28 @@ impl Entry {
             || self.headers.contains_key(LAST_MODIFIED)
     }
 
+    /// Whether a 304 with `not_modified` fields, answering this entry's revalidation, is
+    /// about this entry (RFC 9111 §4.3.4): a strong `ETag` in it must equal this entry's
+    /// strong one; else a weak one must match this entry's weakly; else a `Last-Modified`
+    /// must equal this entry's. A 304 that names no validator is about the one entry the
+    /// cache asked about.
+    pub(crate) fn selected_by(&self, not_modified: &HeaderMap) -> bool {
+        let own_etag = self.etag().filter(|_| !self.generated_etag);
+        if let Some(etag) = not_modified.get(ETAG) {
+            let (etag, weak) = (etag.as_bytes(), etag.as_bytes().starts_with(b"W/"));
+            return own_etag.is_some_and(|own| {
+                let own = own.as_bytes();
+                // Weakly when the 304's tag is weak, else both must be strong.
+                (weak || !own.starts_with(b"W/"))
+                    && opaque(etag).is_some_and(|tag| opaque(own) == Some(tag))
+            });
+        }
+        match not_modified.get(LAST_MODIFIED) {
+            Some(modified) => self.headers.get(LAST_MODIFIED) == Some(modified),
+            None => true,
+        }
+    }
+
     /// The conditional fields that ask the origin whether this entry is still current
     /// (§4.3.1): its own validators, never the cache's generated tag (with it, the origin
     /// would ignore `If-Modified-Since`, RFC 9110 §13.1.3).

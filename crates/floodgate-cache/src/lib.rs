@@ -57,6 +57,9 @@
 //! - **Request directives:** `no-store`, `no-cache` (validate first), `max-age`,
 //!   `min-fresh`, `max-stale`, `only-if-cached` (504 when nothing suitable is stored), and
 //!   `Pragma: no-cache` without `Cache-Control` (§5.2.1, §5.4).
+//! - **Validation:** a stale entry is revalidated with its own validators, and a 304
+//!   refreshes it only if the 304's validators match it (§4.3.4); one naming another
+//!   representation refreshes nothing, and the request is sent again as the client made it.
 //! - **`no-cache`** responses are stored and validated before each use;
 //!   `must-revalidate`, `proxy-revalidate` and `s-maxage` forbid any stale serving.
 //! - **Malformed** `Cache-Control` values never panic: a bad duration makes a response
@@ -68,9 +71,7 @@
 //! - `no-cache="field"` and `private="field"` are treated as their unqualified forms: both
 //!   stricter, both allowed.
 //! - A HEAD response does not refresh stored GETs (§4.3.5).
-//! - A 304 refreshes the entry that was revalidated without comparing the 304's own
-//!   validators with it (§4.3.4), and keeps the entry's variant if the 304 brings a new
-//!   `Vary`.
+//! - A 304 that brings a new `Vary` keeps the refreshed entry's variant.
 //! - Coalescing is per URI, not per variant, and remembers no "uncacheable" verdict: the
 //!   followers of a miss whose response may not be stored wait for it (at most
 //!   `coalesce_timeout`), then go to the origin themselves.

@@ -384,8 +384,9 @@ async fn forward<S, ReqBody, ResBody>(
     plan: Plan,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send,
     S::Future: Send,
+    ReqBody: Default,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     match plan {
@@ -451,8 +452,9 @@ async fn fill<S, ReqBody, ResBody>(
     ),
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send,
     S::Future: Send,
+    ReqBody: Default,
     ResBody: Body<Data = Bytes> + Send + 'static,
 {
     let head = request.method() == Method::HEAD;
@@ -479,13 +481,16 @@ where
     let revalidating = stored
         .as_ref()
         .filter(|entry| entry.has_validator() && !head);
+    // The request as the client made it, and a service to send it with, in case the
+    // origin's 304 turns out to be about another representation.
+    let mut unconditional = None;
     if let Some(entry) = revalidating {
+        unconditional = Some((inner.clone(), parts.clone()));
         ask_with_validators(&mut parts.headers, entry);
     }
     let started = shared.store.epoch();
-    let requested = Instant::now();
-    let result = inner.oneshot(Request::from_parts(parts, body)).await;
-    let received = Instant::now();
+    let (result, mut requested, mut received) =
+        timed(inner, Request::from_parts(parts, body)).await;
 
     // Not for a client that asked for validation or for a younger response itself.
     let stale_if_error = |entry: &&Arc<Entry>| {
@@ -493,41 +498,44 @@ where
             && directives.max_age.is_none()
             && stale_if_error_allows(&shared, entry, received)
     };
-    let response = match result {
-        Ok(response) => response,
-        Err(error) => {
-            return match stored.as_ref().filter(stale_if_error) {
-                Some(entry) => Ok(serve_stale_on_error(
-                    &shared, entry, &client, None, received,
-                )),
-                None => Err(error),
-            };
-        }
+    // A failure, or a 5xx, is answered stale where that is allowed.
+    let failed = match &result {
+        Err(_) => Some(None),
+        Ok(response) if response.status().is_server_error() => Some(Some(response.status())),
+        Ok(_) => None,
     };
-    let status = response.status();
-    if status.is_server_error()
+    if let Some(status) = failed
         && let Some(entry) = stored.as_ref().filter(stale_if_error)
     {
         return Ok(serve_stale_on_error(
-            &shared,
-            entry,
-            &client,
-            Some(status),
-            received,
+            &shared, entry, &client, status, received,
         ));
     }
+    let mut response = result?;
+    let status = response.status();
 
     if status == StatusCode::NOT_MODIFIED
         && let Some(entry) = revalidating
     {
-        let times = (started, requested, received);
-        // A request that says `no-store` refreshes nothing (§5.2.1.5).
-        let key = (!directives.no_store).then_some(key);
-        let answer = answer_revalidated(&shared, key, entry, response.headers(), client, times);
-        // Only now, with the refreshed entry in place, do the followers look.
-        drop(guard);
-        return Ok(answer);
+        if entry.selected_by(response.headers()) {
+            let times = (started, requested, received);
+            // A request that says `no-store` refreshes nothing (§5.2.1.5).
+            let key = (!directives.no_store).then_some(key);
+            let answer = answer_revalidated(&shared, key, entry, response.headers(), client, times);
+            // Only now, with the refreshed entry in place, do the followers look.
+            drop(guard);
+            return Ok(answer);
+        }
+        // §4.3.4: a 304 naming other validators refreshes nothing, and is no answer to a
+        // client that asked without them. Ask once more, as the client did.
+        if let Some((retry, parts)) = unconditional {
+            let again;
+            (again, requested, received) =
+                timed(retry, Request::from_parts(parts, ReqBody::default())).await;
+            response = again?;
+        }
     }
+    let status = response.status();
 
     let status_member = CacheStatus {
         collapsed,
@@ -611,6 +619,16 @@ fn stale_if_error_allows(shared: &Shared, entry: &Entry, now: Instant) -> bool {
         .stale_if_error
         .unwrap_or(shared.settings.stale_if_error);
     entry.directives.allows_stale() && entry.timing.fresh_for(now).staleness() < window
+}
+
+/// Sends `request` to `inner`; with when it went and when the answer's head came back.
+async fn timed<S: Service<Request<B>>, B>(
+    inner: S,
+    request: Request<B>,
+) -> (Result<S::Response, S::Error>, Instant, Instant) {
+    let requested = Instant::now();
+    let result = inner.oneshot(request).await;
+    (result, requested, Instant::now())
 }
 
 /// What became of a miss that looked for an identical one in flight.

@@ -1169,6 +1169,55 @@ async fn revalidation_sends_the_origins_validators_only_and_no_store_refreshes_n
     assert_eq!(origin.calls(), 3);
 }
 
+/// RFC 9111 §4.3.4: a 304 whose `ETag` is not the stored one's is about another
+/// representation. It refreshes nothing, and the client gets the origin's full answer to
+/// its own, unconditional request.
+#[tokio::test(start_paused = true)]
+async fn a_304_for_another_representation_refreshes_nothing() {
+    let origin = Origin::new(|request, call| {
+        let revalidation = request.headers().contains_key("if-none-match");
+        Ok(match (call, revalidation) {
+            (0, _) => response(
+                200,
+                &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+                "one",
+            ),
+            // Asked about v1, the origin answers 304 naming v2.
+            (_, true) => response(
+                304,
+                &[("cache-control", "max-age=100"), ("etag", "\"v2\"")],
+                "",
+            ),
+            (_, false) => response(
+                200,
+                &[("cache-control", "max-age=100"), ("etag", "\"v2\"")],
+                "two",
+            ),
+        })
+    });
+    let client = client(&origin, cache());
+    assert_eq!(client.get("/v", &[]).await.body, "one");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let answer = client.get("/v", &[]).await;
+    assert_eq!(
+        (answer.status, answer.body.as_ref()),
+        (StatusCode::OK, &b"two"[..])
+    );
+    assert_eq!(answer.header("etag"), "\"v2\"");
+    assert_eq!(
+        origin.calls(),
+        3,
+        "the fill, the revalidation, the request as the client sent it"
+    );
+    assert!(
+        !origin.last_seen().contains_key("if-none-match"),
+        "the last request carries no validator"
+    );
+    // What the last answer stored serves the next request.
+    assert_eq!(client.get("/v", &[]).await.body, "two");
+    assert_eq!(origin.calls(), 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_leader_holds_followers_back_only_until_the_coalesce_timeout() {
     let origin =
