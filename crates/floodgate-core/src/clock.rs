@@ -62,9 +62,9 @@ impl Clock {
     /// not invariant, `quanta` falls back to the system's monotonic clock.
     ///
     /// It does **not** follow `tokio::time::pause()`: use [`Clock::new`] in tests that
-    /// pause time. Waits computed from it are still slept on tokio's timer, which runs on
-    /// the system clock; `quanta` calibrates the counter against that clock, so the two
-    /// agree to well under a millisecond over hours.
+    /// pause time. Waits computed from it are slept on tokio's timer, which runs on the
+    /// system clock; `quanta` calibrates the counter against that clock when the first
+    /// counter clock is made, so the two drift apart only by the calibration's error.
     pub fn counter() -> Self {
         let clock = quanta::Clock::new();
         let origin = clock.raw();

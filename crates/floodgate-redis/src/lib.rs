@@ -61,9 +61,9 @@
 //!   bucket's TAT only grows (`max(TAT, now)`), a window's start only moves forward.
 //! - **Nothing immortal.** Each charge writes its key with its TTL in one `SET … PX`: the
 //!   time until the state is equivalent to no key (a token bucket: until its TAT, rounded up
-//!   to a millisecond; a window: two windows after the current one started), and at least a
-//!   second, so that replicas whose clocks differ by less never find a key gone early. An
-//!   idle client costs Redis nothing; a refused request writes nothing. Each active key
+//!   to a millisecond; a window: two windows after the current one started), plus a second,
+//!   so that replicas whose clocks differ by less never find a key gone early. An idle
+//!   client costs Redis nothing; a refused request writes nothing. Each active key
 //!   holds one string of at most 40 bytes (plus the key and Redis's own overhead per key).
 //! - **Redis Cluster.** Keys are `{prefix}:policy:key`, the braces making the prefix the
 //!   hash tag, so all of a store's keys live in one slot. They must: one request's checks

@@ -27,10 +27,11 @@ if redis.replicate_commands then
   redis.replicate_commands()
 end
 
--- The shortest TTL a key gets. Expiry runs on Redis's clock, and with the client's clock
--- replicas can be milliseconds apart: a key must not expire before every replica sees its
--- state as fresh, nor while a request that read the clock is still on its way.
-local MIN_TTL_MS = 1000
+-- How much longer than its state needs a key lives. Expiry runs on Redis's clock, and with
+-- the client's clock replicas can be milliseconds apart: a key must not expire before every
+-- replica sees its state as fresh, nor while a request that read the clock is on its way.
+-- A fresh key changes no decision, so the margin costs only memory.
+local TTL_MARGIN_MS = 1000
 
 local now
 if ARGV[1] == '' then
@@ -89,9 +90,8 @@ local function gcra(key, value, emission, tolerance, cost)
   -- The new TAT, now + ahead, split into whole microseconds and the nanoseconds past them.
   local ns = math.fmod(ahead, 1000)
   local state = 'g:' .. integer(now + (ahead - ns) / 1000) .. ':' .. integer(ns)
-  -- Fresh again (equivalent to no key) once the TAT has passed. Never under MIN_TTL_MS:
-  -- a fresh key changes no decision, but one dropped early would.
-  local ttl = math.max(div_ceil(ahead, 1000000), MIN_TTL_MS)
+  -- Fresh again (equivalent to no key) once the TAT has passed.
+  local ttl = div_ceil(ahead, 1000000) + TTL_MARGIN_MS
   return true, div_floor(tolerance - ahead, emission), ahead, 0, state, ttl
 end
 
@@ -143,7 +143,7 @@ local function window(key, value, width, limit, cost)
     local state = 'w:' .. integer(now + start) .. ':' .. integer(previous) .. ':'
       .. integer(current)
     -- Fresh again once both counts have slid out: two windows after this one started.
-    local ttl = math.max(div_ceil(start + 2 * width, 1000), MIN_TTL_MS)
+    local ttl = div_ceil(start + 2 * width, 1000) + TTL_MARGIN_MS
     return true, room - div_ceil(weight, width), reset_after(), 0, state, ttl
   end
   local remaining = math.max(limit - current - div_ceil(weight, width), 0)

@@ -16,7 +16,7 @@ use crate::store::{Slot, Store};
 /// | | memory per key | admits in any window of length `W` | cost per decision |
 /// |---|---|---|---|
 /// | `TokenBucket` | 8 bytes (one `AtomicU64`) | at most `B + ⌈W/e⌉ − 1 ≤ B + r·W` | one compare-and-swap |
-/// | `SlidingWindow` | 16 bytes | `L` for even traffic; up to `2L − 1` under adversarial timing | a short lock of the key's shard |
+/// | `SlidingWindow` | 16 bytes (one 128-bit atomic) | `L` for even traffic; up to `2L − 1` under adversarial timing | one 128-bit compare-and-swap |
 ///
 /// `r = count / period` is the rate, `e = 1/r` its refill interval (rounded up to a whole
 /// nanosecond, which only ever admits less), `B` the burst and `L` the count.
