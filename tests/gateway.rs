@@ -187,7 +187,15 @@ async fn requests_spread_over_the_replicas_and_survive_one_going_away() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Kill it only once the load reaches it, so requests are in flight to it.
+    let before_kill = replicas[1].calls();
+    for _ in 0..500 {
+        if replicas[1].calls() > before_kill {
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     replicas[1].kill();
     for statuses in load {
         let statuses = statuses.await.expect("no panic");

@@ -251,11 +251,12 @@ fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
                 && directives.min_fresh.is_none_or(|min| left.magnitude >= min);
             if wanted {
                 let status = CacheStatus::hit(left.seconds());
-                let conditions = carried.conditions;
-                return Lookup::Serve(hit(shared, entry, request, conditions, status, age));
+                return Lookup::Serve(hit(shared, entry, request, carried.conditions, status, age));
             }
             forward = Forward::Request;
-        } else if let Some(stale) = stale_hit(shared, entry, request, carried, &directives, age) {
+        } else if let Some(stale) =
+            stale_hit(shared, entry, request, carried.conditions, &directives, age)
+        {
             return stale;
         }
     }
@@ -277,12 +278,12 @@ fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
 /// A stale `entry` served anyway, if the client accepts it (`max-stale`, §5.2.1.2) or
 /// while it may be refreshed in the background (`stale-while-revalidate`, RFC 5861 §3).
 /// Never for a response that forbids serving it stale, nor for a client that wants it
-/// validated.
+/// validated. `conditions` is false when the request is known to carry none.
 fn stale_hit<B, R>(
     shared: &Shared,
     entry: &Arc<Entry>,
     request: &Request<R>,
-    carried: Carried,
+    conditions: bool,
     directives: &RequestDirectives,
     age: Duration,
 ) -> Option<Lookup<B>> {
@@ -291,7 +292,6 @@ fn stale_hit<B, R>(
     }
     let left = entry.timing.fresh_at(age);
     let staleness = left.staleness();
-    let conditions = carried.conditions;
     if directives
         .max_stale
         .is_some_and(|max_stale| max_stale.accepts(staleness))
