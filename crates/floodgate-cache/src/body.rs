@@ -77,7 +77,10 @@ impl Fill {
             (directives, vary),
             shared.settings.generate_etag,
         );
-        let outcome = match shared.store.insert(key, Arc::new(entry), started) {
+        let outcome = match shared
+            .store
+            .insert(key, Arc::new(entry), started, shared.clock.now())
+        {
             Ok(()) => "stored",
             Err(reason) => {
                 tracing::debug!(target: "floodgate::cache", reason = reason.detail(), "not stored");

@@ -54,19 +54,19 @@ impl Flights {
     }
 
     /// Leads a fill of `key`, or follows the one in flight.
-    pub(crate) fn join(self: &Arc<Self>, key: &PrimaryKey) -> Role {
+    pub(crate) fn join(self: &Arc<Self>, key: &PrimaryKey, now: Instant) -> Role {
         let mut shard = self
             .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some((receiver, started)) = shard.get(key)
             && receiver.has_changed().is_ok()
-            && started.elapsed() < self.timeout
+            && now.saturating_duration_since(*started) < self.timeout
         {
             return Role::Follow(receiver.clone());
         }
         let (sender, receiver) = watch::channel(());
-        shard.insert(key.clone(), (receiver, Instant::now()));
+        shard.insert(key.clone(), (receiver, now));
         Role::Lead(FlightGuard {
             flights: Arc::clone(self),
             key: key.clone(),

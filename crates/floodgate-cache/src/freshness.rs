@@ -2,6 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use floodgate_core::clock::Clock;
 use http::header::{AGE, DATE, EXPIRES, LAST_MODIFIED};
 use http::{HeaderMap, StatusCode};
 use tokio::time::Instant;
@@ -13,24 +14,32 @@ const HEURISTIC_FRACTION: u32 = 10;
 /// ... and at most a day, as Apache and Traffic Server cap it.
 const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Wall-clock time that moves with tokio's clock, so that `Date`, `Expires` and `Age`
-/// agree with paused tests: the system time when the layer was built, plus tokio's elapsed
-/// time since.
-#[derive(Debug, Clone, Copy)]
+/// The layer's time: instants from its [`Clock`], and the wall-clock time they stand for,
+/// so that `Date`, `Expires` and `Age` agree with paused tests on the default clock. The
+/// wall-clock time at an instant is the system time when the layer was built plus the
+/// clock's elapsed time since.
+#[derive(Debug, Clone)]
 pub(crate) struct WallClock {
+    clock: Clock,
     system: SystemTime,
     instant: Instant,
 }
 
 impl WallClock {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(clock: Clock) -> Self {
         Self {
             system: SystemTime::now(),
-            instant: Instant::now(),
+            instant: clock.now(),
+            clock,
         }
     }
 
-    /// The wall-clock time at tokio instant `at`.
+    /// Now, on the layer's clock.
+    pub(crate) fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// The wall-clock time at `at`, an instant of this clock.
     pub(crate) fn at(&self, at: Instant) -> SystemTime {
         self.system + at.saturating_duration_since(self.instant)
     }
@@ -41,7 +50,7 @@ impl WallClock {
 pub(crate) struct Timing {
     /// `corrected_initial_age` (§4.2.3): how old the response already was on arrival.
     initial_age: Duration,
-    /// When it arrived, on tokio's clock.
+    /// When it arrived, on the layer's clock.
     received: Instant,
     /// Its freshness lifetime.
     pub(crate) lifetime: Duration,
@@ -244,7 +253,7 @@ mod tests {
         lines: &[(&'static str, String)],
         default_ttl: Option<Duration>,
     ) -> Option<Timing> {
-        let clock = WallClock::new();
+        let clock = WallClock::new(Clock::new());
         let mut headers = HeaderMap::new();
         for (name, value) in lines {
             headers.append(*name, HeaderValue::from_str(value).expect("valid"));

@@ -23,7 +23,7 @@ use crate::body::{CacheBody, Fill};
 use crate::directives::{RequestDirectives, ResponseDirectives};
 use crate::entry::{self, Entry, NotStored};
 use crate::flight::{self, FlightGuard, Role};
-use crate::freshness::{self, Timing};
+use crate::freshness::{self, Timing, WallClock};
 use crate::future::ResponseFuture;
 use crate::key::{self, PrimaryKey, Secondary, Vary};
 use crate::layer::Shared;
@@ -220,7 +220,7 @@ fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
     let key = host_key
         .as_ref()
         .map_or_else(|| key::path_of(request.uri()), PrimaryKey::as_str);
-    let now = Instant::now();
+    let now = shared.clock.now();
     let resource = shared.store.get(key, now);
     let (stored, mut forward) = match &resource {
         None => (None, Forward::UriMiss),
@@ -490,7 +490,7 @@ where
     }
     let started = shared.store.epoch();
     let (result, mut requested, mut received) =
-        timed(inner, Request::from_parts(parts, body)).await;
+        timed(&shared.clock, inner, Request::from_parts(parts, body)).await;
 
     // Not for a client that asked for validation or for a younger response itself.
     let stale_if_error = |entry: &&Arc<Entry>| {
@@ -530,8 +530,12 @@ where
         // client that asked without them. Ask once more, as the client did.
         if let Some((retry, parts)) = unconditional {
             let again;
-            (again, requested, received) =
-                timed(retry, Request::from_parts(parts, ReqBody::default())).await;
+            (again, requested, received) = timed(
+                &shared.clock,
+                retry,
+                Request::from_parts(parts, ReqBody::default()),
+            )
+            .await;
             response = again?;
         }
     }
@@ -623,12 +627,13 @@ fn stale_if_error_allows(shared: &Shared, entry: &Entry, now: Instant) -> bool {
 
 /// Sends `request` to `inner`; with when it went and when the answer's head came back.
 async fn timed<S: Service<Request<B>>, B>(
+    clock: &WallClock,
     inner: S,
     request: Request<B>,
 ) -> (Result<S::Response, S::Error>, Instant, Instant) {
-    let requested = Instant::now();
+    let requested = clock.now();
     let result = inner.oneshot(request).await;
-    (result, requested, Instant::now())
+    (result, requested, clock.now())
 }
 
 /// What became of a miss that looked for an identical one in flight.
@@ -649,7 +654,7 @@ async fn coalesce<B, R>(
     request: &Request<R>,
     forward: Forward,
 ) -> Coalesced<B> {
-    let flight = match shared.flights.join(key) {
+    let flight = match shared.flights.join(key, shared.clock.now()) {
         Role::Lead(guard) => return Coalesced::Lead(guard),
         Role::Follow(flight) => flight,
     };
@@ -683,10 +688,12 @@ fn answer_revalidated<B>(
         &client.headers,
         (requested, received),
     );
-    let stored = refreshed
-        .as_ref()
-        .zip(key)
-        .map(|(fresh, key)| shared.store.insert(key, Arc::clone(fresh), started).is_ok());
+    let stored = refreshed.as_ref().zip(key).map(|(fresh, key)| {
+        shared
+            .store
+            .insert(key, Arc::clone(fresh), started, received)
+            .is_ok()
+    });
     let served = refreshed.as_ref().unwrap_or(entry);
     let status = CacheStatus {
         forward_status: Some(304),
@@ -918,7 +925,7 @@ fn refresh_in_background<S, ReqBody, ResBody, R>(
         return;
     };
     let key = primary_key(shared, trigger);
-    let Role::Lead(guard) = shared.flights.join(&key) else {
+    let Role::Lead(guard) = shared.flights.join(&key, shared.clock.now()) else {
         return;
     };
     let mut request = Request::new(ReqBody::default());
@@ -959,15 +966,15 @@ async fn revalidate<S, ReqBody, ResBody>(
     ResBody: Body<Data = Bytes> + Send,
 {
     let started = shared.store.epoch();
-    let requested = Instant::now();
+    let requested = shared.clock.now();
     let Ok(response) = inner.oneshot(request).await else {
         return;
     };
-    let received = Instant::now();
+    let received = shared.clock.now();
     let times = (requested, received);
     if response.status() == StatusCode::NOT_MODIFIED {
         if let Some(entry) = refreshed(shared, stale, response.headers(), &request_headers, times) {
-            let _ = shared.store.insert(key, entry, started);
+            let _ = shared.store.insert(key, entry, started, received);
         }
         return;
     }

@@ -75,8 +75,8 @@ impl Store {
     /// A store of at most `max_bytes`, keeping each entry for its freshness plus the
     /// longest it could still be served stale or revalidated (see [`Retention`]).
     ///
-    /// Retention is checked by each lookup, on tokio's clock like freshness, rather than
-    /// by moka's per-entry expiry, which reads the system clock on every read and so
+    /// Retention is checked by each lookup, on the layer's clock like freshness, rather
+    /// than by moka's per-entry expiry, which reads the system clock on every read and so
     /// disagreed with paused tests. An entry past use stays in memory until a fill
     /// replaces it or the byte bound evicts it.
     pub(crate) fn new(max_bytes: u64, retention: Retention) -> Self {
@@ -118,20 +118,20 @@ impl Store {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Stores `entry` as a variant of `key`, unless the URI was invalidated since `started`.
-    /// A variant with the same secondary key is replaced; past [`MAX_VARIANTS`] the oldest
-    /// goes; a new `Vary` drops the variants keyed by the old one.
+    /// Stores `entry` as a variant of `key` at `now`, unless the URI was invalidated since
+    /// `started`. A variant with the same secondary key is replaced; past [`MAX_VARIANTS`]
+    /// the oldest goes; a new `Vary` drops the variants keyed by the old one.
     pub(crate) fn insert(
         &self,
         key: PrimaryKey,
         entry: Arc<Entry>,
         started: u64,
+        now: Instant,
     ) -> Result<(), NotStored> {
         // Checked inside the compute, which holds the key: an invalidation either comes
         // before (and is seen here) or removes what this puts.
         let mut invalidated = false;
         let check = key.clone();
-        let now = Instant::now();
         self.entries.entry(key).and_compute_with(|existing| {
             if self.was_invalidated(&check, started) {
                 invalidated = true;

@@ -242,6 +242,27 @@ async fn fresh_responses_are_served_with_their_age_until_they_go_stale() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn ages_are_read_from_the_layer_clock() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page");
+    let counter = client(
+        &origin,
+        cache().clock(floodgate_core::clock::Clock::counter()),
+    );
+    let _ = counter.get("/items", &[]).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    // The CPU's counter does not follow paused time: of the 30 s, only the moments this
+    // test really took count.
+    let hit = counter.get("/items", &[]).await;
+    assert_eq!(hit.header("age"), "0");
+    assert!(
+        ["floodgate; hit; ttl=60", "floodgate; hit; ttl=59"].contains(&hit.cache_status()),
+        "fresh for the 60 s less the real time passed: {}",
+        hit.cache_status()
+    );
+    assert_eq!(origin.calls(), 1);
+}
+
 /// A case of `what_is_stored_and_what_is_not`: name, status, response fields, request
 /// fields, and the `detail` of a refusal (`None`: stored).
 type StoreCase<'a> = (

@@ -82,6 +82,18 @@ impl Clock {
         }
     }
 
+    /// The current time as a tokio instant, for code that keeps [`Instant`]s: tokio's own
+    /// reading for [`Clock::new`], the origin plus the counter's reading for
+    /// [`Clock::counter`].
+    pub fn now(&self) -> Instant {
+        match &self.source {
+            Source::Tokio => Instant::now(),
+            Source::Counter { clock, origin } => {
+                self.origin + Duration::from_nanos(clock.delta_as_nanos(*origin, clock.raw()))
+            }
+        }
+    }
+
     /// The instant `nanos` nanoseconds after the origin, to sleep until.
     pub fn instant_at_nanos(&self, nanos: u64) -> Instant {
         self.origin + Duration::from_nanos(nanos)
@@ -110,6 +122,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(clock.now_nanos(), 3_000_000_000);
         assert_eq!(clock.instant_at_nanos(clock.now_nanos()), Instant::now());
+        assert_eq!(clock.now(), Instant::now());
     }
 
     #[tokio::test(start_paused = true)]
@@ -120,6 +133,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(3600)).await;
         let later = clock.now_nanos();
         assert!(later >= start && later < 3_600_000_000_000);
+        // As an instant it is the origin plus its reading: an hour of paused time is not
+        // in it.
+        assert!(clock.now() < Instant::now());
+        assert!(clock.now() >= clock.instant_at_nanos(later));
         // Its waits are instants on tokio's clock, from the same origin.
         assert_eq!(
             clock.instant_at_nanos(5) - clock.instant_at_nanos(0),

@@ -1,0 +1,208 @@
+//! A cache hit through `CacheLayer` against a bare `moka` lookup of the same key, measured
+//! in alternation.
+//!
+//! Separate criterion runs of the same code differ by up to 40 % on a shared VM, and so do
+//! processes. This program times the hit, on each of floodgate's clocks, and the lookup in
+//! turns inside one process, several rounds each, and repeats that in several child
+//! processes. It prints the median time of each and the median, lowest and highest ratio
+//! of hit to lookup, each taken within one round.
+//!
+//! A hit is timed as `benches/cache.rs` times it: requests are built before the clock
+//! starts, and the responses are dropped after it stops. The stored page is the bench's:
+//! 50 items of JSON with `Cache-Control: max-age=3600`.
+//!
+//! ```sh
+//! cargo run --release --example cache_ab
+//! ```
+//!
+//! It takes about a minute on 2 cores, one thread at a time, and stops by itself.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::process::Command;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use floodgate::clock::Clock;
+use floodgate_cache::CacheLayer;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use serde_json::json;
+use tower::{Layer, Service};
+
+const PATH: &str = "/items?limit=50";
+const PROCESSES: usize = 8;
+const ROUNDS: usize = 3;
+/// Requests are built, and responses kept, this many at a time, as criterion's small
+/// batches do.
+const BATCH: usize = 64;
+const BATCHES: usize = 10_000;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().nth(1).as_deref() == Some("child") {
+        for [tokio_hit, counter_hit, moka] in measure()? {
+            println!("{tokio_hit} {counter_hit} {moka}");
+        }
+        return Ok(());
+    }
+    let program = std::env::current_exe()?;
+    let mut samples: Vec<[f64; 3]> = Vec::new();
+    for _ in 0..PROCESSES {
+        let output = Command::new(&program).arg("child").output()?;
+        if !output.status.success() {
+            return Err(format!(
+                "a child failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+            .into());
+        }
+        for line in String::from_utf8(output.stdout)?.lines() {
+            let numbers: Vec<f64> = line.split(' ').filter_map(|n| n.parse().ok()).collect();
+            if let [tokio_hit, counter_hit, moka] = numbers[..] {
+                samples.push([tokio_hit, counter_hit, moka]);
+            }
+        }
+    }
+    let moka = median(samples.iter().map(|sample| sample[2]).collect());
+    println!(
+        "hit on            hit        moka get  ratio: median (lowest–highest) of {}",
+        samples.len()
+    );
+    for (column, clock) in ["tokio's clock", "Clock::counter()"]
+        .into_iter()
+        .enumerate()
+    {
+        let hit = median(samples.iter().map(|sample| sample[column]).collect());
+        let mut ratios: Vec<f64> = samples.iter().map(|s| s[column] / s[2]).collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "{clock:<17} {hit:>6.1} ns  {moka:>6.1} ns  {:.2} ({:.2}–{:.2})",
+            median(ratios.clone()),
+            ratios.first().copied().unwrap_or_default(),
+            ratios.last().copied().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+/// `ROUNDS` rounds of nanoseconds per call: a hit on tokio's clock, a hit on the counter
+/// clock, a bare moka get.
+fn measure() -> Result<Vec<[f64; 3]>, Box<dyn std::error::Error>> {
+    let mut on_tokio = cached(Clock::new())?;
+    let mut on_counter = cached(Clock::counter())?;
+    let moka: moka::sync::Cache<Arc<str>, Arc<Bytes>> = moka::sync::Cache::new(10_000);
+    moka.insert(Arc::from(PATH), Arc::new(Bytes::from_static(b"page")));
+    let key: Arc<str> = Arc::from(PATH);
+    let moka_time = || {
+        time_batches(|| {
+            let start = Instant::now();
+            for _ in 0..BATCH {
+                black_box(moka.get(black_box(&key)));
+            }
+            start.elapsed()
+        })
+    };
+    Ok((0..ROUNDS)
+        .map(|_| {
+            [
+                time_batches(|| hits(&mut on_tokio)),
+                time_batches(|| hits(&mut on_counter)),
+                moka_time(),
+            ]
+        })
+        .collect())
+}
+
+type Cached = floodgate_cache::Cache<
+    tower::util::ServiceFn<
+        fn(Request<Full<Bytes>>) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,
+    >,
+>;
+
+/// A layer on `clock` in front of the page handler, with the page stored.
+fn cached(clock: Clock) -> Result<Cached, Box<dyn std::error::Error>> {
+    let layer = CacheLayer::builder().clock(clock).build()?;
+    let handler: fn(_) -> _ = |_| std::future::ready(Ok(page()));
+    let mut cached = layer.layer(tower::service_fn(handler));
+    // The miss stores the page once its body is read to the end.
+    let miss = ready(cached.call(request()))?;
+    let _ = ready(miss.into_body().collect());
+    let hit = ready(cached.call(request()))?;
+    let status = hit.headers()["cache-status"].to_str()?;
+    if !status.starts_with("floodgate; hit;") {
+        return Err(format!("the timed calls would not be hits: {status}").into());
+    }
+    Ok(cached)
+}
+
+/// The time of `BATCH` hits, with the requests built before and the responses dropped
+/// after.
+fn hits(cached: &mut Cached) -> Duration {
+    let requests: Vec<_> = (0..BATCH).map(|_| request()).collect();
+    let mut responses = Vec::with_capacity(BATCH);
+    let start = Instant::now();
+    for request in requests {
+        responses.push(black_box(ready(cached.call(request))));
+    }
+    let elapsed = start.elapsed();
+    drop(responses);
+    elapsed
+}
+
+/// Nanoseconds per call over `BATCHES` batches of `BATCH` calls each.
+fn time_batches(mut batch: impl FnMut() -> Duration) -> f64 {
+    let total: Duration = (0..BATCHES).map(|_| batch()).sum();
+    #[allow(clippy::cast_precision_loss, reason = "a count far below 2^52")]
+    let calls = (BATCH * BATCHES) as f64;
+    total.as_secs_f64() * 1e9 / calls
+}
+
+/// The handler's work: a page of 50 items serialised to JSON.
+fn page() -> Response<Full<Bytes>> {
+    let items: Vec<_> = (0..50)
+        .map(|id| {
+            json!({
+                "id": id,
+                "name": format!("item {id}"),
+                "description": "a fine item, in stock and ready to ship",
+                "price": 9.5 + f64::from(id),
+            })
+        })
+        .collect();
+    let body =
+        serde_json::to_vec(&json!({"items": items, "total": 1000, "limit": 50, "offset": 0}))
+            .expect("a JSON value serialises");
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("cache-control", "max-age=3600")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+fn request() -> Request<Full<Bytes>> {
+    Request::get(PATH)
+        .header("accept-encoding", "gzip")
+        .body(Full::default())
+        .expect("a valid request")
+}
+
+/// Polls `future` once: a hit, a miss from a ready handler and a stored body are ready at
+/// once.
+fn ready<F: Future>(future: F) -> F::Output {
+    match pin!(future)
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("the call waited"),
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
