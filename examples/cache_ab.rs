@@ -15,7 +15,7 @@
 //! cargo run --release --example cache_ab
 //! ```
 //!
-//! It takes about a minute on 2 cores, one thread at a time, and stops by itself.
+//! It takes about 30 seconds on 2 cores, one thread at a time, and stops by itself.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -37,8 +37,7 @@ use tower::{Layer, Service};
 const PATH: &str = "/items?limit=50";
 const PROCESSES: usize = 8;
 const ROUNDS: usize = 3;
-/// Requests are built, and responses kept, this many at a time, as criterion's small
-/// batches do.
+/// Requests are built, and responses kept, this many at a time, as in `benches/cache.rs`.
 const BATCH: usize = 64;
 const BATCHES: usize = 10_000;
 
