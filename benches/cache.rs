@@ -4,8 +4,9 @@
 //! in, response with its `Age` and `Cache-Status` out, on the layer's default clock
 //! (tokio's); `cache_hit/floodgate_hit_counter_clock`: the same on `Clock::counter()`.
 //! `cache_hit/moka_get`: a bare `moka` lookup of the same key, the floor under any
-//! moka-based cache. `cache_hit/uncached_handler`: what a hit saves, the handler building
-//! its 50-item JSON page with `serde_json`.
+//! moka-based cache; `cache_hit/moka_get_foldhash`: the same with the hasher the layer's
+//! store uses (foldhash, not moka's default SipHash). `cache_hit/uncached_handler`: what a
+//! hit saves, the handler building its 50-item JSON page with `serde_json`.
 //!
 //! Run: `cargo bench --bench cache`. For ratios steadier than separate runs give on a
 //! shared machine: `cargo run --release --example cache_ab`.
@@ -95,10 +96,18 @@ fn cache_hit(c: &mut Criterion) {
         });
     }
 
-    let moka: moka::sync::Cache<Arc<str>, Arc<Bytes>> = moka::sync::Cache::new(10_000);
-    moka.insert(Arc::from(PATH), Arc::new(Bytes::from_static(b"page")));
     let key: Arc<str> = Arc::from(PATH);
+    let moka: moka::sync::Cache<Arc<str>, Arc<Bytes>> = moka::sync::Cache::new(10_000);
+    moka.insert(Arc::clone(&key), Arc::new(Bytes::from_static(b"page")));
     group.bench_function("moka_get", |b| {
+        b.iter(|| black_box(moka.get(black_box(&key))));
+    });
+    // With the hasher the layer's store uses: the floor under this layer's own lookup.
+    let moka = moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .build_with_hasher(foldhash::quality::RandomState::default());
+    moka.insert(Arc::clone(&key), Arc::new(Bytes::from_static(b"page")));
+    group.bench_function("moka_get_foldhash", |b| {
         b.iter(|| black_box(moka.get(black_box(&key))));
     });
 

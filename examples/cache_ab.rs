@@ -3,9 +3,11 @@
 //!
 //! Separate criterion runs of the same code differ by up to 40 % on a shared VM, and so do
 //! processes. This program times the hit, on each of floodgate's clocks, and the lookup in
-//! turns inside one process, several rounds each, and repeats that in several child
-//! processes. It prints the median time of each and the median, lowest and highest ratio
-//! of hit to lookup, each taken within one round.
+//! turns inside one process, several rounds each (in a different order each round), and
+//! repeats that in several child processes. It prints the median time of each, and the
+//! median, lowest and highest of the ratios of hit to lookup, each ratio taken within one
+//! round. The lookup is timed twice: on moka's default hasher (SipHash), and on foldhash,
+//! the hasher the layer's own store uses.
 //!
 //! A hit is timed as `benches/cache.rs` times it: requests are built before the clock
 //! starts, and the responses are dropped after it stops. The stored page is the bench's:
@@ -41,15 +43,24 @@ const ROUNDS: usize = 3;
 const BATCH: usize = 64;
 const BATCHES: usize = 10_000;
 
+/// What each round times, in this order in the first round.
+const COLUMNS: [&str; 4] = [
+    "hit, tokio's clock",
+    "hit, Clock::counter()",
+    "moka get",
+    "moka get, foldhash",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::args().nth(1).as_deref() == Some("child") {
-        for [tokio_hit, counter_hit, moka] in measure()? {
-            println!("{tokio_hit} {counter_hit} {moka}");
+        for round in measure()? {
+            let line: Vec<String> = round.iter().map(f64::to_string).collect();
+            println!("{}", line.join(" "));
         }
         return Ok(());
     }
     let program = std::env::current_exe()?;
-    let mut samples: Vec<[f64; 3]> = Vec::new();
+    let mut samples: Vec<[f64; 4]> = Vec::new();
     for _ in 0..PROCESSES {
         let output = Command::new(&program).arg("child").output()?;
         if !output.status.success() {
@@ -61,59 +72,74 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         for line in String::from_utf8(output.stdout)?.lines() {
             let numbers: Vec<f64> = line.split(' ').filter_map(|n| n.parse().ok()).collect();
-            if let [tokio_hit, counter_hit, moka] = numbers[..] {
-                samples.push([tokio_hit, counter_hit, moka]);
+            if let Ok(round) = <[f64; 4]>::try_from(numbers) {
+                samples.push(round);
             }
         }
     }
-    let moka = median(samples.iter().map(|sample| sample[2]).collect());
-    println!(
-        "hit on            hit        moka get  ratio: median (lowest–highest) of {}",
-        samples.len()
-    );
-    for (column, clock) in ["tokio's clock", "Clock::counter()"]
-        .into_iter()
-        .enumerate()
-    {
-        let hit = median(samples.iter().map(|sample| sample[column]).collect());
-        let mut ratios: Vec<f64> = samples.iter().map(|s| s[column] / s[2]).collect();
-        ratios.sort_by(f64::total_cmp);
-        println!(
-            "{clock:<17} {hit:>6.1} ns  {moka:>6.1} ns  {:.2} ({:.2}–{:.2})",
-            median(ratios.clone()),
-            ratios.first().copied().unwrap_or_default(),
-            ratios.last().copied().unwrap_or_default(),
-        );
+    let column = |index: usize| median(samples.iter().map(|sample| sample[index]).collect());
+    println!("median time of {} rounds:", samples.len());
+    for (index, name) in COLUMNS.iter().enumerate() {
+        println!("  {name:<22} {:>6.1} ns", column(index));
+    }
+    println!("hit / lookup, per round: median (lowest–highest)");
+    for hit in 0..2 {
+        for floor in 2..4 {
+            let mut ratios: Vec<f64> = samples.iter().map(|s| s[hit] / s[floor]).collect();
+            ratios.sort_by(f64::total_cmp);
+            println!(
+                "  {:<22} / {:<19} {:.2} ({:.2}–{:.2})",
+                COLUMNS[hit],
+                COLUMNS[floor],
+                median(ratios.clone()),
+                ratios.first().copied().unwrap_or_default(),
+                ratios.last().copied().unwrap_or_default(),
+            );
+        }
     }
     Ok(())
 }
 
-/// `ROUNDS` rounds of nanoseconds per call: a hit on tokio's clock, a hit on the counter
-/// clock, a bare moka get.
-fn measure() -> Result<Vec<[f64; 3]>, Box<dyn std::error::Error>> {
+/// `ROUNDS` rounds of nanoseconds per call, one for each of [`COLUMNS`].
+fn measure() -> Result<Vec<[f64; 4]>, Box<dyn std::error::Error>> {
     let mut on_tokio = cached(Clock::new())?;
     let mut on_counter = cached(Clock::counter())?;
-    let moka: moka::sync::Cache<Arc<str>, Arc<Bytes>> = moka::sync::Cache::new(10_000);
-    moka.insert(Arc::from(PATH), Arc::new(Bytes::from_static(b"page")));
     let key: Arc<str> = Arc::from(PATH);
-    let moka_time = || {
-        time_batches(|| {
-            let start = Instant::now();
-            for _ in 0..BATCH {
-                black_box(moka.get(black_box(&key)));
-            }
-            start.elapsed()
-        })
-    };
-    Ok((0..ROUNDS)
-        .map(|_| {
-            [
-                time_batches(|| hits(&mut on_tokio)),
-                time_batches(|| hits(&mut on_counter)),
-                moka_time(),
-            ]
-        })
-        .collect())
+    let value = Arc::new(Bytes::from_static(b"page"));
+    let sip: moka::sync::Cache<Arc<str>, Arc<Bytes>> = moka::sync::Cache::new(10_000);
+    sip.insert(Arc::clone(&key), Arc::clone(&value));
+    let fold = moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .build_with_hasher(foldhash::quality::RandomState::default());
+    fold.insert(Arc::clone(&key), value);
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        let mut times = [0.0; 4];
+        // Each round starts one further along, so no column always runs first.
+        for turn in 0..COLUMNS.len() {
+            let index = (round + turn) % COLUMNS.len();
+            times[index] = match index {
+                0 => time_batches(|| hits(&mut on_tokio)),
+                1 => time_batches(|| hits(&mut on_counter)),
+                2 => time_batches(|| gets(&sip, &key)),
+                _ => time_batches(|| gets(&fold, &key)),
+            };
+        }
+        rounds.push(times);
+    }
+    Ok(rounds)
+}
+
+/// The time of `BATCH` lookups of `key`.
+fn gets<S>(moka: &moka::sync::Cache<Arc<str>, Arc<Bytes>, S>, key: &Arc<str>) -> Duration
+where
+    S: std::hash::BuildHasher + Clone + Send + Sync + 'static,
+{
+    let start = Instant::now();
+    for _ in 0..BATCH {
+        black_box(moka.get(black_box(key)));
+    }
+    start.elapsed()
 }
 
 type Cached = floodgate_cache::Cache<

@@ -14,10 +14,7 @@ const HEURISTIC_FRACTION: u32 = 10;
 /// ... and at most a day, as Apache and Traffic Server cap it.
 const HEURISTIC_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// The layer's time: instants from its [`Clock`], and the wall-clock time they stand for,
-/// so that `Date`, `Expires` and `Age` agree with paused tests on the default clock. The
-/// wall-clock time at an instant is the system time when the layer was built plus the
-/// clock's elapsed time since.
+/// The layer's time: instants from its [`Clock`], and the wall-clock time they stand for.
 #[derive(Debug, Clone)]
 pub(crate) struct WallClock {
     clock: Clock,
@@ -39,9 +36,22 @@ impl WallClock {
         self.clock.now()
     }
 
-    /// The wall-clock time at `at`, an instant of this clock.
+    /// The wall-clock time at `at`, an instant of this clock a moment ago.
+    ///
+    /// On tokio's clock, the system time when the layer was built plus tokio's time since,
+    /// so that `Date`, `Expires` and `Age` agree with paused tests. On the CPU's counter,
+    /// the system time now less the counter's time since `at`: anchored at build, the
+    /// counter's calibration error would add up over the life of the process (a few parts
+    /// per million is seconds a day) and skew every apparent age.
     pub(crate) fn at(&self, at: Instant) -> SystemTime {
-        self.system + at.saturating_duration_since(self.instant)
+        if self.clock.follows_tokio() {
+            self.system + at.saturating_duration_since(self.instant)
+        } else {
+            let since = self.clock.now().saturating_duration_since(at);
+            SystemTime::now()
+                .checked_sub(since)
+                .unwrap_or(SystemTime::UNIX_EPOCH)
+        }
     }
 }
 
@@ -247,6 +257,29 @@ mod tests {
     use http::HeaderValue;
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    #[tokio::test(start_paused = true)]
+    async fn wall_time_follows_paused_tokio_time_or_the_system_clock_for_the_counter() {
+        let tokio = WallClock::new(Clock::new());
+        let start = tokio.now();
+        tokio::time::advance(90 * SECOND).await;
+        assert_eq!(
+            tokio.at(tokio.now()).duration_since(tokio.at(start)).ok(),
+            Some(90 * SECOND)
+        );
+
+        // The counter's wall time is read from the system clock at each call, not carried
+        // from when the layer was built.
+        let counter = WallClock::new(Clock::counter());
+        let before = SystemTime::now();
+        let at = counter.at(counter.now());
+        let after = SystemTime::now();
+        assert!(at <= after, "{at:?} is not after {after:?}");
+        assert!(
+            at + Duration::from_millis(1) >= before,
+            "{at:?} is before {before:?}"
+        );
+    }
 
     fn timing(
         status: u16,

@@ -248,8 +248,8 @@ impl CacheLayerBuilder {
     /// Reads time from `clock` instead of tokio's. [`Clock::counter`] reads the CPU's
     /// counter, which is cheaper (13 ns against 33 ns a lookup on the VM floodgate is
     /// benchmarked on) but does not follow `tokio::time::pause()`: keep the default in
-    /// tests that pause time. Ages, freshness and retention are all measured on it;
-    /// timeouts are slept on tokio's timer either way.
+    /// tests that pause time. Ages, freshness, retention and how long a fill in flight is
+    /// waited for are all measured on it; timeouts are slept on tokio's timer either way.
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self

@@ -94,6 +94,12 @@ impl Clock {
         }
     }
 
+    /// Whether this clock reads tokio's time ([`Clock::new`]), and so follows
+    /// `tokio::time::pause()`.
+    pub fn follows_tokio(&self) -> bool {
+        matches!(self.source, Source::Tokio)
+    }
+
     /// The instant `nanos` nanoseconds after the origin, to sleep until.
     pub fn instant_at_nanos(&self, nanos: u64) -> Instant {
         self.origin + Duration::from_nanos(nanos)
@@ -123,11 +129,13 @@ mod tests {
         assert_eq!(clock.now_nanos(), 3_000_000_000);
         assert_eq!(clock.instant_at_nanos(clock.now_nanos()), Instant::now());
         assert_eq!(clock.now(), Instant::now());
+        assert!(clock.follows_tokio());
     }
 
     #[tokio::test(start_paused = true)]
     async fn counter_runs_on_real_time() {
         let clock = Clock::counter();
+        assert!(!clock.follows_tokio());
         let start = clock.now_nanos();
         // A paused tokio clock does not move it; real time does, and it never goes back.
         tokio::time::advance(Duration::from_secs(3600)).await;
