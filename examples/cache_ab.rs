@@ -6,7 +6,7 @@
 //! turns inside one process, several rounds each (in a different order each round), and
 //! repeats that in several child processes. It prints the median time of each, and the
 //! median, lowest and highest of the ratios of hit to lookup, each ratio taken within one
-//! round. The lookup is timed twice: on moka's default hasher (SipHash), and on foldhash,
+//! round. The lookup is timed twice: on moka's default hasher (`SipHash`), and on foldhash,
 //! the hasher the layer's own store uses.
 //!
 //! A hit is timed as `benches/cache.rs` times it: requests are built before the clock
