@@ -5,7 +5,7 @@
 //! (tokio's); `cache_hit/floodgate_hit_counter_clock`: the same on `Clock::counter()`.
 //! `cache_hit/moka_get`: a bare `moka` lookup of the same key, the floor under any
 //! moka-based cache; `cache_hit/moka_get_foldhash`: the same with the hasher the layer's
-//! store uses (foldhash, not moka's default SipHash). `cache_hit/uncached_handler`: what a
+//! store uses (foldhash, not moka's default `SipHash`). `cache_hit/uncached_handler`: what a
 //! hit saves, the handler building its 50-item JSON page with `serde_json`.
 //!
 //! Run: `cargo bench --bench cache`. For ratios steadier than separate runs give on a
