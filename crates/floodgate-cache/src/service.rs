@@ -492,10 +492,12 @@ where
     let (result, mut requested, mut received) =
         timed(&shared.clock, inner, Request::from_parts(parts, body)).await;
 
-    // Not for a client that asked for validation or for a younger response itself.
+    // Not for a client that asked for validation, or for a younger or fresher response
+    // than a stale one (`max-age`, `min-fresh`), as for stale-while-revalidate.
     let stale_if_error = |entry: &&Arc<Entry>| {
         !directives.no_cache
             && directives.max_age.is_none()
+            && directives.min_fresh.is_none()
             && stale_if_error_allows(&shared, entry, received)
     };
     // A failure, or a 5xx, is answered stale where that is allowed.

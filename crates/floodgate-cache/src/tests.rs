@@ -244,23 +244,38 @@ async fn fresh_responses_are_served_with_their_age_until_they_go_stale() {
 
 #[tokio::test(start_paused = true)]
 async fn ages_are_read_from_the_layer_clock() {
-    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page");
+    // The origin sleeps 30 s of tokio's paused clock, which auto-advances: a fill timed on
+    // it would arrive 30 s old.
+    let origin =
+        Origin::fixed(&[("cache-control", "max-age=60")], "page").delayed(Duration::from_secs(30));
     let counter = client(
         &origin,
         cache().clock(floodgate_core::clock::Clock::counter()),
     );
     let _ = counter.get("/items", &[]).await;
     tokio::time::advance(Duration::from_secs(30)).await;
-    // The CPU's counter does not follow paused time: of the 30 s, only the moments this
-    // test really took count.
+    // The CPU's counter follows neither the sleep nor the advance: of the 60 s, only the
+    // moments this test really took count.
     let hit = counter.get("/items", &[]).await;
-    assert_eq!(hit.header("age"), "0");
     assert!(
-        ["floodgate; hit; ttl=60", "floodgate; hit; ttl=59"].contains(&hit.cache_status()),
-        "fresh for the 60 s less the real time passed: {}",
+        hit.cache_status().starts_with("floodgate; hit;"),
+        "{}",
         hit.cache_status()
     );
+    let age: u64 = hit.header("age").parse().expect("an Age in seconds");
+    assert!(age < 30, "age {age}");
+    assert!(ttl(&hit) > 30, "{}", hit.cache_status());
     assert_eq!(origin.calls(), 1);
+}
+
+/// The `ttl` of a reply's `Cache-Status` member.
+fn ttl(reply: &Reply) -> i64 {
+    reply
+        .cache_status()
+        .split("; ")
+        .find_map(|parameter| parameter.strip_prefix("ttl="))
+        .and_then(|ttl| ttl.parse().ok())
+        .unwrap_or_else(|| panic!("no ttl in {:?}", reply.cache_status()))
 }
 
 /// A case of `what_is_stored_and_what_is_not`: name, status, response fields, request
@@ -1274,4 +1289,589 @@ async fn range_requests_bypass_the_cache() {
     let ranged = client.get("/r", &[("range", "bytes=0-1")]).await;
     assert_eq!(ranged.cache_status(), "floodgate; fwd=bypass");
     assert_eq!(origin.calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layers_stale_while_revalidate_window_serves_stale_and_refreshes_once() {
+    let origin = Origin::new(|_, call| {
+        let (max_age, body) = if call == 0 {
+            ("max-age=1", "old")
+        } else {
+            ("max-age=60", "new")
+        };
+        Ok(response(
+            200,
+            &[("cache-control", max_age), ("etag", "\"v1\"")],
+            body,
+        ))
+    });
+    let client = client(
+        &origin,
+        cache().stale_while_revalidate(Duration::from_secs(30)),
+    );
+    let _ = client.get("/w", &[]).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        let stale = client.get("/w", &[]).await;
+        assert_eq!(
+            (stale.body.as_ref(), stale.cache_status()),
+            (
+                &b"old"[..],
+                "floodgate; hit; ttl=-4; detail=stale-while-revalidate"
+            )
+        );
+    }
+    // Let the background refresh run.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(origin.calls(), 2, "three stale hits, one refresh");
+    assert_eq!(origin.last_seen()["if-none-match"], "\"v1\"");
+    let fresh = client.get("/w", &[]).await;
+    assert_eq!(
+        (fresh.body.as_ref(), fresh.cache_status()),
+        (&b"new"[..], "floodgate; hit; ttl=59")
+    );
+    // 31 s stale: past the window, the client waits for the origin.
+    tokio::time::advance(Duration::from_secs(91)).await;
+    let late = client.get("/w", &[]).await;
+    assert!(
+        late.cache_status().starts_with("floodgate; fwd=stale;"),
+        "{}",
+        late.cache_status()
+    );
+    assert_eq!(origin.calls(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_layers_stale_if_error_window_covers_500s_and_failures_within_it_only() {
+    let origin = Origin::new(|_, call| match call {
+        0 => Ok(response(
+            200,
+            &[("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+            "kept",
+        )),
+        odd if odd % 2 == 1 => Ok(response(500, &[], "down")),
+        _ => Err("connection refused"),
+    });
+    let client = client(&origin, cache().stale_if_error(Duration::from_secs(10)));
+    let _ = client.get("/e", &[]).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let on_500 = client.get("/e", &[]).await;
+    assert_eq!(
+        (on_500.status, on_500.body.as_ref()),
+        (StatusCode::OK, &b"kept"[..])
+    );
+    assert_eq!(
+        on_500.cache_status(),
+        "floodgate; fwd=stale; fwd-status=500; ttl=-4; detail=stale-if-error"
+    );
+    let on_error = client
+        .send(Method::GET, "/e", &[])
+        .await
+        .expect("served stale");
+    assert_eq!(
+        (on_error.body.as_ref(), on_error.cache_status()),
+        (
+            &b"kept"[..],
+            "floodgate; fwd=stale; ttl=-4; detail=stale-if-error"
+        )
+    );
+    // 14 s stale, still kept for revalidation by its ETag, but past the 10 s window.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let on_500 = client.get("/e", &[]).await;
+    assert_eq!(
+        (on_500.status, on_500.body.as_ref()),
+        (StatusCode::INTERNAL_SERVER_ERROR, &b"down"[..])
+    );
+    let on_error = client.send(Method::GET, "/e", &[]).await;
+    assert_eq!(on_error.err(), Some("connection refused"));
+    assert_eq!(origin.calls(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_if_error_is_not_used_for_a_client_that_wants_validation_or_a_fresh_response() {
+    for (request, serves_stale) in [
+        (&[][..], true),
+        (&[("cache-control", "no-cache")][..], false),
+        (&[("pragma", "no-cache")][..], false),
+        // Older than the client accepts.
+        (&[("cache-control", "max-age=2")][..], false),
+        // Young enough, but `max-age` without `max-stale` asks for a fresh response (RFC
+        // 9111 §5.2.1.1): the implemented rule is any request `max-age`.
+        (&[("cache-control", "max-age=600")][..], false),
+        // Fresher than a stale response can be.
+        (&[("cache-control", "min-fresh=1")][..], false),
+    ] {
+        let origin = Origin::new(|_, call| {
+            Ok(if call == 0 {
+                response(
+                    200,
+                    &[("cache-control", "max-age=1, stale-if-error=60")],
+                    "kept",
+                )
+            } else {
+                response(500, &[], "down")
+            })
+        });
+        let client = client(&origin, cache());
+        let _ = client.get("/e", &[]).await;
+        // 5 s old, 4 s stale.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let reply = client.get("/e", request).await;
+        assert_eq!(origin.calls(), 2, "{request:?}");
+        let expected = if serves_stale {
+            StatusCode::OK
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
+        assert_eq!(
+            reply.status,
+            expected,
+            "{request:?}: {}",
+            reply.cache_status()
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_with_authorization_is_served_only_what_says_it_may_be_shared() {
+    for (cache_control, shared) in [
+        ("max-age=60", false),
+        ("public, max-age=60", true),
+        ("s-maxage=60", true),
+        ("max-age=60, must-revalidate", true),
+    ] {
+        let origin =
+            Origin::new(move |_, _| Ok(response(200, &[("cache-control", cache_control)], "page")));
+        let client = client(&origin, cache());
+        // Stored from a request without credentials.
+        let _ = client.get("/a", &[]).await;
+        let reply = client.get("/a", &[("authorization", "Bearer x")]).await;
+        let expected = if shared {
+            "floodgate; hit; ttl=60"
+        } else {
+            "floodgate; fwd=request; stored=?0; detail=authorization"
+        };
+        assert_eq!(reply.cache_status(), expected, "{cache_control}");
+        assert_eq!(
+            origin.calls(),
+            if shared { 1 } else { 2 },
+            "{cache_control}"
+        );
+    }
+}
+
+/// A case of `successful_writes_invalidate_their_uri_and_same_origin_locations`: method,
+/// status and fields of the answer to a write to `/w`, the paths it invalidates and the
+/// ones it leaves.
+type WriteCase = (
+    Method,
+    u16,
+    &'static [(&'static str, &'static str)],
+    &'static [&'static str],
+    &'static [&'static str],
+);
+
+#[tokio::test(start_paused = true)]
+async fn successful_writes_invalidate_their_uri_and_same_origin_locations() {
+    // Every request says `Host: shop.example`, so an absolute URI can be judged.
+    const HOST: &[(&str, &str)] = &[("host", "shop.example")];
+    let cases: Vec<WriteCase> = vec![
+        (
+            Method::POST,
+            201,
+            &[("content-location", "/a")],
+            &["/w", "/a"],
+            &["/b"],
+        ),
+        (
+            Method::POST,
+            201,
+            &[
+                ("location", "http://shop.example/a"),
+                ("content-location", "http://SHOP.example/b?q=1"),
+            ],
+            &["/w", "/a", "/b?q=1"],
+            &["/c"],
+        ),
+        (
+            Method::POST,
+            201,
+            &[
+                ("location", "http://elsewhere.example/a"),
+                ("content-location", "http://elsewhere.example/b"),
+            ],
+            &["/w"],
+            &["/a", "/b"],
+        ),
+        (
+            Method::PATCH,
+            200,
+            &[("content-location", "/a")],
+            &["/w", "/a"],
+            &["/b"],
+        ),
+        (
+            Method::DELETE,
+            204,
+            &[("location", "/a")],
+            &["/w", "/a"],
+            &["/b"],
+        ),
+        (Method::POST, 409, &[("location", "/a")], &[], &["/w", "/a"]),
+        (
+            Method::POST,
+            500,
+            &[("content-location", "/a")],
+            &[],
+            &["/w", "/a"],
+        ),
+    ];
+    for (method, status, fields, invalidated, kept) in cases {
+        let origin = Origin::new(move |request, _| {
+            Ok(if request.method() == Method::GET {
+                response(200, &[("cache-control", "max-age=60")], "page")
+            } else {
+                response(status, fields, "")
+            })
+        });
+        let client = client(&origin, cache());
+        for path in invalidated.iter().chain(kept) {
+            let _ = client.get(path, HOST).await;
+        }
+        let written = client
+            .send(method.clone(), "/w", HOST)
+            .await
+            .expect("answered");
+        assert_eq!(written.status.as_u16(), status);
+        for path in invalidated {
+            let reply = client.get(path, HOST).await;
+            assert!(
+                reply.cache_status().starts_with("floodgate; fwd=uri-miss"),
+                "{method} {status} {fields:?}: {path} {}",
+                reply.cache_status()
+            );
+        }
+        for path in kept {
+            assert_eq!(
+                client.get(path, HOST).await.cache_status(),
+                "floodgate; hit; ttl=60",
+                "{method} {status} {fields:?}: {path}"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_stops_waiting_at_the_coalesce_timeout_and_asks_the_origin_itself() {
+    let origin =
+        Origin::fixed(&[("cache-control", "max-age=60")], "page").delayed(Duration::from_secs(5));
+    let client = Arc::new(client(
+        &origin,
+        cache().coalesce_timeout(Duration::from_secs(1)),
+    ));
+    let spawn = |client: &Arc<Client>| {
+        let client = Arc::clone(client);
+        tokio::spawn(async move { client.get("/slow", &[]).await })
+    };
+    let leader = spawn(&client);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let follower = spawn(&client);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(origin.calls(), 1, "at 1.4 s the follower still waits");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(origin.calls(), 2, "at 1.6 s it has asked the origin");
+    assert!(!leader.is_finished(), "before the leader's answer");
+
+    let follower = follower.await.expect("no panic");
+    assert_eq!(follower.body, "page");
+    // Forwarded, not collapsed; 5 s on the way, so 55 s left.
+    assert_eq!(
+        follower.cache_status(),
+        "floodgate; fwd=uri-miss; ttl=55; stored; collapsed=?0"
+    );
+    let leader = leader.await.expect("no panic");
+    assert_eq!(
+        leader.cache_status(),
+        "floodgate; fwd=uri-miss; ttl=55; stored"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_if_cached_answers_504_for_a_stale_entry_it_may_not_serve() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=10"), ("etag", "\"v1\"")],
+        "body",
+    );
+    let client = client(&origin, cache());
+    let _ = client.get("/o", &[]).await;
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let refused = client
+        .get("/o", &[("cache-control", "only-if-cached")])
+        .await;
+    assert_eq!(refused.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(origin.calls(), 1);
+    // It is stored all the same: a client that takes it stale is served it.
+    let accepted = client
+        .get("/o", &[("cache-control", "only-if-cached, max-stale")])
+        .await;
+    assert_eq!(
+        (accepted.status, accepted.cache_status()),
+        (StatusCode::OK, "floodgate; hit; ttl=-10; detail=max-stale")
+    );
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn proxy_revalidate_entries_are_served_fresh_and_revalidated_once_stale() {
+    let origin = Origin::new(|request, _| {
+        let fields = [
+            ("cache-control", "max-age=1, proxy-revalidate"),
+            ("etag", "\"v1\""),
+        ];
+        Ok(if request.headers().contains_key("if-none-match") {
+            response(304, &fields, "")
+        } else {
+            response(200, &fields, "body")
+        })
+    });
+    // A layer that would serve other stale entries while refreshing them.
+    let client = client(
+        &origin,
+        cache().stale_while_revalidate(Duration::from_secs(60)),
+    );
+    let _ = client.get("/p", &[]).await;
+    assert_eq!(
+        client.get("/p", &[]).await.cache_status(),
+        "floodgate; hit; ttl=1"
+    );
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let stale = client.get("/p", &[("cache-control", "max-stale=60")]).await;
+    assert_eq!(
+        origin.calls(),
+        2,
+        "not served stale, even to a client that takes it"
+    );
+    assert_eq!(origin.last_seen()["if-none-match"], "\"v1\"");
+    assert_eq!(
+        (stale.body.as_ref(), stale.cache_status()),
+        (
+            &b"body"[..],
+            "floodgate; fwd=stale; fwd-status=304; ttl=1; stored"
+        )
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_ttl_keeps_a_200_without_cache_headers_fresh_for_that_long() {
+    let origin = Origin::fixed(&[], "page");
+    let client = client(&origin, cache().default_ttl(Duration::from_secs(10)));
+    assert_eq!(
+        client.get("/t", &[]).await.cache_status(),
+        "floodgate; fwd=uri-miss; ttl=10; stored"
+    );
+    tokio::time::advance(Duration::from_secs(9)).await;
+    let hit = client.get("/t", &[]).await;
+    assert_eq!(
+        (hit.body.as_ref(), hit.cache_status()),
+        (&b"page"[..], "floodgate; hit; ttl=1")
+    );
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let expired = client.get("/t", &[]).await;
+    assert!(
+        expired
+            .cache_status()
+            .starts_with("floodgate; fwd=uri-miss"),
+        "{}",
+        expired.cache_status()
+    );
+    assert_eq!(origin.calls(), 2);
+
+    let origin = Origin::fixed(&[], "page");
+    let client = self::client(&origin, cache());
+    assert_eq!(
+        client.get("/t", &[]).await.cache_status(),
+        "floodgate; fwd=uri-miss; stored=?0; detail=no-validator"
+    );
+    let _ = client.get("/t", &[]).await;
+    assert_eq!(origin.calls(), 2, "without default_ttl, not stored");
+}
+
+#[tokio::test(start_paused = true)]
+async fn last_modified_without_cache_control_gives_a_heuristic_lifetime() {
+    for (fields, lifetime) in [
+        // A tenth of Date − Last-Modified. (A Date ahead of the cache's clock gives the
+        // response no apparent age.)
+        (
+            &[
+                ("date", "Fri, 01 Jan 2100 00:00:00 GMT"),
+                ("last-modified", "Thu, 31 Dec 2099 23:43:20 GMT"),
+            ][..],
+            100,
+        ),
+        // At most a day.
+        (
+            &[("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT")][..],
+            86_400,
+        ),
+    ] {
+        let origin = Origin::fixed(fields, "page");
+        let client = client(&origin, cache());
+        assert_eq!(
+            client.get("/h", &[]).await.cache_status(),
+            format!("floodgate; fwd=uri-miss; ttl={lifetime}; stored")
+        );
+        tokio::time::advance(Duration::from_secs(lifetime - 1)).await;
+        assert_eq!(
+            client.get("/h", &[]).await.cache_status(),
+            "floodgate; hit; ttl=1"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let _ = client.get("/h", &[]).await;
+        assert!(
+            origin.last_seen().contains_key("if-modified-since"),
+            "{fields:?}: revalidated once stale"
+        );
+        assert_eq!(origin.calls(), 2, "{fields:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_age_from_upstream_counts_against_the_lifetime() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60"), ("age", "20")], "page");
+    let client = client(&origin, cache());
+    assert_eq!(
+        client.get("/a", &[]).await.cache_status(),
+        "floodgate; fwd=uri-miss; ttl=40; stored"
+    );
+    let hit = client.get("/a", &[]).await;
+    assert_eq!(
+        (hit.header("age"), hit.cache_status()),
+        ("20", "floodgate; hit; ttl=40")
+    );
+    tokio::time::advance(Duration::from_secs(40)).await;
+    let _ = client.get("/a", &[]).await;
+    assert_eq!(origin.calls(), 2, "stale at 40 s in the cache");
+}
+
+#[tokio::test(start_paused = true)]
+async fn generated_etags_can_be_turned_off() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page");
+    let client = client(&origin, cache().generate_etag(false));
+    let _ = client.get("/g", &[]).await;
+    let hit = client.get("/g", &[]).await;
+    assert_eq!(hit.cache_status(), "floodgate; hit; ttl=60");
+    assert!(!hit.headers.contains_key("etag"), "{:?}", hit.headers);
+    // With no tag, `If-None-Match: *` matches nothing.
+    let any = client.get("/g", &[("if-none-match", "*")]).await;
+    assert_eq!(
+        (any.status, any.body.as_ref()),
+        (StatusCode::OK, &b"page"[..])
+    );
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keyed_by_host_two_hosts_with_one_path_get_their_own_entries() {
+    for (key_by_host, calls, for_b) in [(true, 2, "for b"), (false, 1, "for a")] {
+        let origin = Origin::new(|request, _| {
+            let body = if request.headers()["host"] == "a.example" {
+                "for a"
+            } else {
+                "for b"
+            };
+            Ok(response(200, &[("cache-control", "max-age=60")], body))
+        });
+        let client = client(&origin, cache().key_by_host(key_by_host));
+        for _ in 0..2 {
+            let a = client.get("/p", &[("host", "a.example")]).await;
+            let b = client.get("/p", &[("host", "b.example")]).await;
+            assert_eq!(
+                (a.body.as_ref(), b.body.as_ref()),
+                (&b"for a"[..], for_b.as_bytes()),
+                "key_by_host({key_by_host})"
+            );
+        }
+        assert_eq!(origin.calls(), calls, "key_by_host({key_by_host})");
+    }
+}
+
+/// A streamed body of these chunks, with no size hint.
+struct Pieces(std::collections::VecDeque<Bytes>);
+
+impl Body for Pieces {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|chunk| Ok(Frame::data(chunk))))
+    }
+}
+
+/// Four chunks of 512 bytes, each of its own letter.
+fn pieces() -> Vec<Bytes> {
+    (b'a'..=b'd')
+        .map(|byte| Bytes::from(vec![byte; 512]))
+        .collect()
+}
+
+async fn next_chunk(body: &mut crate::CacheBody<OriginBody>) -> Bytes {
+    body.frame()
+        .await
+        .expect("a frame")
+        .expect("no error")
+        .into_data()
+        .expect("data")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_leaves_its_fill_at_the_first_chunk_over_the_entry_limit() {
+    let origin = Origin::new(|_, _| {
+        let mut streamed = Response::new(Pieces(pieces().into()).boxed());
+        streamed
+            .headers_mut()
+            .insert("cache-control", HeaderValue::from_static("max-age=60"));
+        Ok(streamed)
+    });
+    let client = client(&origin, cache().max_entry_bytes(1024));
+    let response = client
+        .service
+        .clone()
+        .oneshot(get_request("/big"))
+        .await
+        .expect("answered");
+    let mut body = response.into_body();
+    let mut read = vec![next_chunk(&mut body).await, next_chunk(&mut body).await];
+    // 1024 bytes, within the limit: the fill goes on, and another miss waits for it.
+    let waiting = tokio::time::timeout(Duration::from_secs(1), client.get("/big", &[])).await;
+    assert!(waiting.is_err(), "a follower waits while the fill goes on");
+    read.push(next_chunk(&mut body).await);
+    // 1536 bytes: the fill is dropped, buffer and all, and its flight ends with it.
+    let start = tokio::time::Instant::now();
+    let alone = client.get("/big", &[]).await;
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "no flight left to wait for"
+    );
+    assert!(
+        alone.cache_status().starts_with("floodgate; fwd=uri-miss")
+            && !alone.cache_status().contains("collapsed"),
+        "{}",
+        alone.cache_status()
+    );
+    assert_eq!(alone.body, pieces().concat());
+    read.push(next_chunk(&mut body).await);
+    assert!(body.frame().await.is_none());
+    assert_eq!(read, pieces(), "every chunk reaches the reader unchanged");
+
+    let again = client.get("/big", &[]).await;
+    assert!(
+        again.cache_status().starts_with("floodgate; fwd=uri-miss"),
+        "nothing stored: {}",
+        again.cache_status()
+    );
+    assert_eq!(origin.calls(), 3);
 }
