@@ -958,6 +958,102 @@ async fn a_hundred_concurrent_misses_make_one_inner_call() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn every_outcome_is_counted_in_the_metrics() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let big = "x".repeat(5000);
+    let big: &'static str = Box::leak(big.into_boxed_str());
+    let origin = Origin::new(move |request, _| {
+        Ok(match request.uri().path() {
+            "/page" => response(
+                200,
+                &[("cache-control", "max-age=1, stale-while-revalidate=60")],
+                "page",
+            ),
+            "/private" => response(200, &[("cache-control", "no-store")], "secret"),
+            _ => response(200, &[("cache-control", "max-age=60")], big),
+        })
+    })
+    .delayed(Duration::from_millis(50));
+    let client = Arc::new(client(
+        &origin,
+        cache().max_bytes(8 * 1024).max_entry_bytes(6000),
+    ));
+
+    let _ = client.get("/page", &[]).await;
+    let _ = client.get("/page", &[]).await;
+    let _ = client.get("/private", &[]).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // Stale, served while it is refreshed in the background.
+    let _ = client.get("/page", &[]).await;
+    // Two at once: one waits for the other's miss.
+    let both = [
+        tokio::spawn({
+            let client = Arc::clone(&client);
+            async move { client.get("/big-1", &[]).await }
+        }),
+        tokio::spawn({
+            let client = Arc::clone(&client);
+            async move { client.get("/big-1", &[]).await }
+        }),
+    ];
+    for request in both {
+        request.await.expect("no panic");
+    }
+    // A second 5 KB page does not fit beside the first in 8 KiB.
+    let _ = client.get("/big-2", &[]).await;
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let value = |name: &str, outcome: Option<&str>| {
+        snapshot
+            .iter()
+            .filter(|(key, _, _, _)| {
+                key.key().name() == name
+                    && outcome.is_none_or(|outcome| {
+                        key.key()
+                            .labels()
+                            .any(|label| label.key() == "outcome" && label.value() == outcome)
+                    })
+            })
+            .map(|(_, _, _, value)| match value {
+                DebugValue::Counter(count) => *count,
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "a gauge of bytes"
+                )]
+                DebugValue::Gauge(bytes) => bytes.into_inner() as u64,
+                DebugValue::Histogram(_) => 0,
+            })
+            .sum::<u64>()
+    };
+    // The fresh hit, the stale one, and the follower served from what the leader stored.
+    assert_eq!(value("floodgate_cache_hits_total", None), 3);
+    assert_eq!(
+        value("floodgate_cache_misses_total", Some("not_stored")),
+        1,
+        "no-store"
+    );
+    assert!(value("floodgate_cache_misses_total", Some("stored")) >= 3);
+    assert_eq!(
+        value(
+            "floodgate_cache_stale_total",
+            Some("stale_while_revalidate")
+        ),
+        1
+    );
+    assert_eq!(value("floodgate_cache_coalesced_total", Some("served")), 1);
+    assert!(value("floodgate_cache_evictions_total", None) >= 1);
+    let stored = value("floodgate_cache_stored_bytes", None);
+    assert!(
+        (5000..=8 * 1024).contains(&stored),
+        "one big page fits: {stored} bytes"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn followers_go_to_the_origin_when_the_leaders_response_is_not_stored() {
     let origin = Origin::fixed(&[("cache-control", "no-store")], "secret")
         .delayed(Duration::from_millis(50));
