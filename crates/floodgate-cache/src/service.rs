@@ -492,14 +492,8 @@ where
     let (result, mut requested, mut received) =
         timed(&shared.clock, inner, Request::from_parts(parts, body)).await;
 
-    // Not for a client that asked for validation, or for a younger or fresher response
-    // than a stale one (`max-age`, `min-fresh`), as for stale-while-revalidate.
-    let stale_if_error = |entry: &&Arc<Entry>| {
-        !directives.no_cache
-            && directives.max_age.is_none()
-            && directives.min_fresh.is_none()
-            && stale_if_error_allows(&shared, entry, received)
-    };
+    let stale_if_error =
+        |entry: &&Arc<Entry>| stale_if_error_allows(&shared, entry, &directives, received);
     // A failure, or a 5xx, is answered stale where that is allowed.
     let failed = match &result {
         Err(_) => Some(None),
@@ -618,8 +612,18 @@ fn ask_with_validators(headers: &mut HeaderMap, entry: &Entry) {
 }
 
 /// Whether `entry` may be served stale at `now` because the inner service failed
-/// (RFC 5861 §4): within its `stale-if-error` window, or the layer's.
-fn stale_if_error_allows(shared: &Shared, entry: &Entry, now: Instant) -> bool {
+/// (RFC 5861 §4): within its `stale-if-error` window, or the layer's. Not for a client
+/// that asked for validation, or for a younger or fresher response than a stale one
+/// (`max-age`, `min-fresh`), as for stale-while-revalidate.
+fn stale_if_error_allows(
+    shared: &Shared,
+    entry: &Entry,
+    directives: &RequestDirectives,
+    now: Instant,
+) -> bool {
+    if directives.no_cache || directives.max_age.is_some() || directives.min_fresh.is_some() {
+        return false;
+    }
     let window = entry
         .directives
         .stale_if_error
