@@ -92,10 +92,13 @@ impl Fill {
         drop(guard);
     }
 
-    /// Gives up a fill (the caller drops it), and says why.
-    fn abandoned(reason: NotStored) {
+    /// Gives up a fill, ending its flight, and says why.
+    fn abandon(self: Box<Self>, reason: NotStored) {
         tracing::debug!(target: "floodgate::cache", reason = reason.detail(), "not stored");
         metrics::counter!(CACHE_MISSES_TOTAL.name, LABEL_OUTCOME => "not_stored").increment(1);
+        if reason.lies_in_the_response() {
+            self.shared.store.remember_uncacheable(&self.key);
+        }
     }
 }
 
@@ -161,8 +164,8 @@ where
                             match fill {
                                 Some(filling) if fits => filling.buffer.extend_from_slice(data),
                                 _ => {
-                                    if fill.take().is_some() {
-                                        Fill::abandoned(NotStored::TooLarge);
+                                    if let Some(filling) = fill.take() {
+                                        filling.abandon(NotStored::TooLarge);
                                     }
                                 }
                             }
@@ -173,8 +176,8 @@ where
                             {
                                 fill.finish();
                             }
-                        } else if fill.take().is_some() {
-                            Fill::abandoned(NotStored::Trailers);
+                        } else if let Some(filling) = fill.take() {
+                            filling.abandon(NotStored::Trailers);
                         }
                     }
                     // A body that fails is not stored; the client sees the error.

@@ -44,6 +44,27 @@ pub(crate) enum NotStored {
 }
 
 impl NotStored {
+    /// Whether the reason lies in the response, and so is likely to hold for the URI's
+    /// next responses too: misses of a URI refused for it go to the origin without waiting
+    /// for one another (see `Store::remember_uncacheable`).
+    pub(crate) fn lies_in_the_response(self) -> bool {
+        match self {
+            NotStored::NoStore
+            | NotStored::Private
+            | NotStored::SetCookie
+            | NotStored::VaryAny
+            | NotStored::NoFreshness
+            | NotStored::NoValidator
+            | NotStored::TooLarge
+            | NotStored::Trailers => true,
+            // The request's, or passing: an error status, a write in between.
+            NotStored::RequestNoStore
+            | NotStored::Authorization
+            | NotStored::Status
+            | NotStored::Invalidated => false,
+        }
+    }
+
     pub(crate) fn detail(self) -> &'static str {
         match self {
             NotStored::RequestNoStore => "request-no-store",

@@ -62,7 +62,10 @@ impl Shared {
 ///   compressed body once and serves it to every client that accepts it.
 /// - **Coalescing.** Concurrent misses for one URI make one call to the inner service; the
 ///   others wait for it (at most [`coalesce_timeout`](CacheLayerBuilder::coalesce_timeout))
-///   and are answered from what it stored.
+///   and are answered from what it stored. A URI whose response could not be stored for a
+///   reason of its own (`no-store`, `private`, too large, …) is remembered for two minutes
+///   (Varnish's hit-for-miss), and its misses go to the inner service without waiting for
+///   one another; the first of its responses that may be stored is stored as ever.
 /// - **Validation.** A fresh entry answers `If-None-Match` and `If-Modified-Since` with
 ///   304. A stale one with a validator is revalidated with a conditional request, and a
 ///   304 refreshes it.

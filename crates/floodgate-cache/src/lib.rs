@@ -72,9 +72,10 @@
 //!   stricter, both allowed.
 //! - A HEAD response does not refresh stored GETs (§4.3.5).
 //! - A 304 that brings a new `Vary` keeps the refreshed entry's variant.
-//! - Coalescing is per URI, not per variant, and remembers no "uncacheable" verdict: the
-//!   followers of a miss whose response may not be stored wait for it (at most
-//!   `coalesce_timeout`), then go to the origin themselves.
+//! - Coalescing is per URI, not per variant. The first time a URI's response may not be
+//!   stored, the misses that followed it have waited for it (at most `coalesce_timeout`)
+//!   before going to the origin themselves; from then on, for two minutes or until a
+//!   response of it is stored, its misses do not wait.
 //! - Stale-while-revalidate refreshes one variant of a URI at a time; a refresh that
 //!   cannot be stored leaves the stale copy to be served until its window ends.
 //! - `max_entry_bytes` bounds each fill in flight; there is no budget for all of them

@@ -463,8 +463,9 @@ where
     let request = Request::from_parts(parts, ());
     let mut collapsed = None;
     let mut guard = None;
-    // HEAD only reads the cache, and a request that may not be stored has nothing to share.
-    if !head && !directives.no_store {
+    // HEAD only reads the cache, a request that may not be stored has nothing to share,
+    // and a URI whose responses are not stored would only make its misses wait in turn.
+    if !head && !directives.no_store && !shared.store.is_uncacheable(&key) {
         match coalesce(&shared, &key, &request, forward).await {
             Coalesced::Lead(leading) => guard = Some(leading),
             Coalesced::Served(response) => return Ok(response),
@@ -589,6 +590,9 @@ fn store_as_it_streams<B: Body>(
         }
         Err(reason) => {
             if let Some(reason) = reason {
+                if reason.lies_in_the_response() {
+                    shared.store.remember_uncacheable(&key);
+                }
                 status_member.stored = Some(false);
                 status_member.detail = Some(reason.detail());
                 metrics::counter!(CACHE_MISSES_TOTAL.name, LABEL_OUTCOME => "not_stored")

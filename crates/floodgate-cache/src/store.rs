@@ -21,6 +21,10 @@ pub(crate) const MAX_VARIANTS: usize = 5;
 /// How long an invalidation is remembered: a response that left the origin before it and
 /// arrives after is not stored, if it arrives within this time.
 const INVALIDATION_MEMORY: Duration = Duration::from_secs(300);
+/// How long a URI whose response could not be stored, for a reason of the response's own,
+/// is remembered as uncacheable (Varnish's hit-for-miss, for as long as its built-in
+/// configuration keeps one).
+const UNCACHEABLE_MEMORY: Duration = Duration::from_secs(120);
 /// The longest any entry is kept, whatever its lifetime says.
 const MAX_RETENTION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
@@ -65,6 +69,8 @@ pub(crate) struct Store {
     retention: Retention,
     /// URI → the epoch of its last invalidation.
     invalidated: Cache<PrimaryKey, u64>,
+    /// URIs whose last response could not be stored, for a reason of its own.
+    uncacheable: Cache<PrimaryKey, ()>,
     /// Counts invalidations; a fill remembers it when it starts.
     epoch: AtomicU64,
     /// The epoch of the last purge by prefix, which invalidates every fill in flight.
@@ -96,10 +102,16 @@ impl Store {
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .time_to_live(INVALIDATION_MEMORY)
             .build();
+        let uncacheable = Cache::builder()
+            .max_capacity(100_000)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .time_to_live(UNCACHEABLE_MEMORY)
+            .build();
         Self {
             entries,
             retention,
             invalidated,
+            uncacheable,
             epoch: AtomicU64::new(0),
             purged: AtomicU64::new(0),
         }
@@ -111,6 +123,19 @@ impl Store {
         self.entries
             .get(key)
             .filter(|resource| now < resource.expires)
+    }
+
+    /// Remembers that `key`'s response could not be stored for a reason of its own, so
+    /// that the URI's next misses do not wait for one another's (they would only learn
+    /// the same): each goes to the origin, and the first storable response is stored as
+    /// ever.
+    pub(crate) fn remember_uncacheable(&self, key: &PrimaryKey) {
+        self.uncacheable.insert(key.clone(), ());
+    }
+
+    /// Whether `key`'s last response could not be stored for a reason of its own.
+    pub(crate) fn is_uncacheable(&self, key: &PrimaryKey) -> bool {
+        self.uncacheable.contains_key(key)
     }
 
     /// The epoch a fill starting now records.
@@ -169,6 +194,7 @@ impl Store {
         if invalidated {
             return Err(NotStored::Invalidated);
         }
+        self.uncacheable.invalidate(&check);
         self.record_size();
         Ok(())
     }

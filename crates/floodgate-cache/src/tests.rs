@@ -1054,6 +1054,53 @@ async fn every_outcome_is_counted_in_the_metrics() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn misses_of_a_uri_whose_responses_are_not_stored_stop_waiting_for_one_another() {
+    let origin = Origin::new(|_, call| {
+        Ok(if call < 10 {
+            response(200, &[("cache-control", "private")], "mine")
+        } else {
+            response(200, &[("cache-control", "max-age=60")], "shared")
+        })
+    })
+    .delayed(Duration::from_millis(50));
+    let client = Arc::new(client(&origin, cache()));
+    // Five at once; how long the last took, and how many waited for another.
+    let wave = || async {
+        let start = tokio::time::Instant::now();
+        let requests: Vec<_> = (0..5)
+            .map(|_| {
+                let client = Arc::clone(&client);
+                tokio::spawn(async move { client.get("/mine", &[]).await })
+            })
+            .collect();
+        let mut waited = 0;
+        for request in requests {
+            let reply = request.await.expect("no panic");
+            assert_eq!(reply.body, "mine");
+            if reply.cache_status().contains("collapsed") {
+                waited += 1;
+            }
+        }
+        (start.elapsed(), waited)
+    };
+    // The first five learn it: four wait for the first's head, then ask themselves.
+    assert_eq!(wave().await, (Duration::from_millis(100), 4));
+    // The next five go at once.
+    assert_eq!(wave().await, (Duration::from_millis(50), 0));
+    assert_eq!(origin.calls(), 10);
+    // A response that may be stored still is, and is then served.
+    let stored = client.get("/mine", &[]).await;
+    assert!(
+        stored.cache_status().ends_with("; stored"),
+        "{}",
+        stored.cache_status()
+    );
+    let hit = client.get("/mine", &[]).await;
+    assert_eq!(hit.body, "shared");
+    assert!(hit.cache_status().starts_with("floodgate; hit"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn followers_go_to_the_origin_when_the_leaders_response_is_not_stored() {
     let origin = Origin::fixed(&[("cache-control", "no-store")], "secret")
         .delayed(Duration::from_millis(50));
