@@ -128,9 +128,12 @@ impl Store {
     /// Remembers that `key`'s response could not be stored for a reason of its own, so
     /// that the URI's next misses do not wait for one another's (they would only learn
     /// the same): each goes to the origin, and the first storable response is stored as
-    /// ever.
+    /// ever. A URI already remembered is not written again: a hot one would otherwise
+    /// cost a write per request, and it is found out again when the memory lapses.
     pub(crate) fn remember_uncacheable(&self, key: &PrimaryKey) {
-        self.uncacheable.insert(key.clone(), ());
+        if !self.uncacheable.contains_key(key) {
+            self.uncacheable.insert(key.clone(), ());
+        }
     }
 
     /// Whether `key`'s last response could not be stored for a reason of its own.
