@@ -67,7 +67,9 @@
 //!
 //! # What it does not do (yet)
 //!
-//! - `Range` requests are forwarded (`fwd=bypass`), never answered from the cache.
+//! - A `Range` is answered only from a fresh stored 200, and only one range (a 206; several
+//!   ranges get the whole 200, as RFC 9110 §14.2 allows). Other `Range` requests are
+//!   forwarded (`fwd=bypass`), and their answers never stored.
 //! - `no-cache="field"` and `private="field"` are treated as their unqualified forms: both
 //!   stricter, both allowed.
 //! - A HEAD response does not refresh stored GETs (§4.3.5).
@@ -91,6 +93,7 @@ mod freshness;
 mod future;
 mod key;
 mod layer;
+mod range;
 mod served;
 mod service;
 mod status;

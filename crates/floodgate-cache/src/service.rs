@@ -10,8 +10,8 @@ use floodgate_core::metrics::{
     CACHE_COALESCED_TOTAL, CACHE_MISSES_TOTAL, CACHE_STALE_TOTAL, LABEL_OUTCOME,
 };
 use http::header::{
-    AGE, AUTHORIZATION, CACHE_CONTROL, CONTENT_LOCATION, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE,
+    AGE, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
@@ -27,6 +27,7 @@ use crate::freshness::{self, Timing, WallClock};
 use crate::future::ResponseFuture;
 use crate::key::{self, PrimaryKey, Secondary, Vary};
 use crate::layer::Shared;
+use crate::range::{self, Selected};
 use crate::served::Stamp;
 use crate::status::{CACHE_STATUS, CacheStatus, Forward};
 
@@ -200,13 +201,6 @@ fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
     }
     let headers = request.headers();
     let carried = Carried::of(headers);
-    // Ranges are not served from storage, and a partial response is never stored.
-    if carried.range {
-        return Lookup::Forward(Plan::Pass {
-            invalidates: false,
-            forward: Forward::Bypass,
-        });
-    }
     let directives = if carried.directives {
         RequestDirectives::parse(headers)
     } else {
@@ -251,14 +245,27 @@ fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
                 && directives.min_fresh.is_none_or(|min| left.magnitude >= min);
             if wanted {
                 let status = CacheStatus::hit(left.seconds());
-                return Lookup::Serve(hit(shared, entry, request, carried.conditions, status, age));
+                let response = hit(shared, entry, request, carried.conditions, status, age);
+                if carried.range {
+                    return Lookup::Serve(ranged(entry, request, response));
+                }
+                return Lookup::Serve(response);
             }
             forward = Forward::Request;
-        } else if let Some(stale) =
-            stale_hit(shared, entry, request, carried.conditions, &directives, age)
+        } else if !carried.range
+            && let Some(stale) =
+                stale_hit(shared, entry, request, carried.conditions, &directives, age)
         {
             return stale;
         }
+    }
+    // Ranges are served only from a fresh stored response, and a partial response is
+    // never stored.
+    if carried.range {
+        return Lookup::Forward(Plan::Pass {
+            invalidates: false,
+            forward: Forward::Bypass,
+        });
     }
     if directives.only_if_cached {
         // §5.2.1.7: nothing suitable is stored.
@@ -358,6 +365,52 @@ fn hit<B, R>(
         status,
     };
     Response::from_parts(entry.served.head(stamp, values), CacheBody::stored(body))
+}
+
+/// A fresh hit's answer to a GET with `Range` (RFC 9110 §14): one range of a stored 200 as
+/// a 206, or a 416 when no byte of it is in the range; `response`, the whole hit,
+/// otherwise (a 304, another status, a `Range` to ignore, an `If-Range` that does not
+/// match).
+fn ranged<B, R>(
+    entry: &Entry,
+    request: &Request<R>,
+    mut response: Response<CacheBody<B>>,
+) -> Response<CacheBody<B>> {
+    if request.method() != Method::GET
+        || response.status() != StatusCode::OK
+        || !range::if_range_allows(request.headers(), &entry.headers)
+    {
+        return response;
+    }
+    let Some(value) = request.headers().get(RANGE) else {
+        return response;
+    };
+    let len = entry.body.len();
+    match range::select(value.as_bytes(), len) {
+        Selected::Whole => response,
+        Selected::Part { start, end } => {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            let headers = response.headers_mut();
+            let content_range = format!("bytes {start}-{end}/{len}");
+            if let Ok(content_range) = HeaderValue::try_from(content_range) {
+                headers.insert(CONTENT_RANGE, content_range);
+            }
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+            *response.body_mut() = CacheBody::stored(Some(entry.body.slice(start..=end)));
+            response
+        }
+        Selected::Unsatisfiable => {
+            let mut refused = plain(StatusCode::RANGE_NOT_SATISFIABLE);
+            let headers = refused.headers_mut();
+            if let Ok(content_range) = HeaderValue::try_from(format!("bytes */{len}")) {
+                headers.insert(CONTENT_RANGE, content_range);
+            }
+            if let Some(status) = response.headers().get(&CACHE_STATUS) {
+                headers.insert(CACHE_STATUS.clone(), status.clone());
+            }
+            refused
+        }
+    }
 }
 
 /// A response the cache makes itself, with no body.

@@ -18,7 +18,7 @@ pub(crate) enum Forward {
     Request,
     /// Stored but stale: validated or replaced.
     Stale,
-    /// The cache does not answer this kind of request (a `Range` request).
+    /// The cache does not answer this request: a `Range` with no fresh stored response.
     Bypass,
 }
 

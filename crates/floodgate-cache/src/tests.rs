@@ -1425,13 +1425,93 @@ async fn a_slow_leader_holds_followers_back_only_until_the_coalesce_timeout() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn range_requests_bypass_the_cache() {
-    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page");
+async fn a_fresh_entry_answers_one_byte_range_with_a_206() {
+    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "0123456789");
     let client = client(&origin, cache());
     let _ = client.get("/r", &[]).await;
-    let ranged = client.get("/r", &[("range", "bytes=0-1")]).await;
-    assert_eq!(ranged.cache_status(), "floodgate; fwd=bypass");
-    assert_eq!(origin.calls(), 2);
+    for (range, status, content_range, body) in [
+        ("bytes=0-3", 206, "bytes 0-3/10", "0123"),
+        ("bytes=-3", 206, "bytes 7-9/10", "789"),
+        ("bytes=8-100", 206, "bytes 8-9/10", "89"),
+        ("bytes=10-", 416, "bytes */10", ""),
+        // Several ranges, or one that is not valid: the whole response (§14.2).
+        ("bytes=0-1,4-5", 200, "", "0123456789"),
+        ("bytes=5-2", 200, "", "0123456789"),
+    ] {
+        let reply = client.get("/r", &[("range", range)]).await;
+        assert_eq!(reply.status.as_u16(), status, "{range}");
+        assert_eq!(reply.header("content-range"), content_range, "{range}");
+        assert_eq!(reply.body, body, "{range}");
+        assert!(
+            reply.cache_status().starts_with("floodgate; hit;"),
+            "{range}: {}",
+            reply.cache_status()
+        );
+    }
+    let part = client.get("/r", &[("range", "bytes=2-5")]).await;
+    assert_eq!(part.header("content-length"), "4");
+    let head = client
+        .send(Method::HEAD, "/r", &[("range", "bytes=0-3")])
+        .await;
+    assert_eq!(
+        head.expect("answered").status,
+        StatusCode::OK,
+        "HEAD ignores Range"
+    );
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn if_range_and_conditions_decide_what_a_range_request_gets() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=60"), ("etag", "\"v1\"")],
+        "0123456789",
+    );
+    let client = client(&origin, cache());
+    let _ = client.get("/r", &[]).await;
+    let range = ("range", "bytes=0-1");
+    let same = client.get("/r", &[range, ("if-range", "\"v1\"")]).await;
+    assert_eq!(
+        (same.status, same.body.as_ref()),
+        (StatusCode::PARTIAL_CONTENT, &b"01"[..])
+    );
+    let changed = client.get("/r", &[range, ("if-range", "\"v0\"")]).await;
+    assert_eq!(
+        (changed.status, changed.body.len()),
+        (StatusCode::OK, 10),
+        "another representation: the whole of this one"
+    );
+    let weak = client.get("/r", &[range, ("if-range", "W/\"v1\"")]).await;
+    assert_eq!(weak.status, StatusCode::OK, "a weak tag never matches");
+    // A condition the client's copy meets comes first (RFC 9110 §13.2.2).
+    let unchanged = client
+        .get("/r", &[range, ("if-none-match", "\"v1\"")])
+        .await;
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn range_requests_the_cache_cannot_answer_fresh_go_to_the_origin_unstored() {
+    let origin = Origin::fixed(
+        &[("cache-control", "max-age=1, stale-while-revalidate=60")],
+        "0123456789",
+    );
+    let client = client(&origin, cache());
+    let missed = client.get("/r", &[("range", "bytes=0-1")]).await;
+    assert_eq!(missed.cache_status(), "floodgate; fwd=bypass");
+    assert_eq!(origin.last_seen()["range"], "bytes=0-1", "sent on as asked");
+    let first = client.get("/r", &[]).await;
+    assert!(
+        first.cache_status().contains("fwd=uri-miss"),
+        "the ranged answer was not stored: {}",
+        first.cache_status()
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // Stale: served whole to a plain GET while refreshed, but a range goes on.
+    let stale = client.get("/r", &[("range", "bytes=0-1")]).await;
+    assert_eq!(stale.cache_status(), "floodgate; fwd=bypass");
+    assert_eq!(origin.calls(), 3);
 }
 
 #[tokio::test(start_paused = true)]
