@@ -64,10 +64,12 @@ impl Shared {
 ///   others wait for it (at most [`coalesce_timeout`](CacheLayerBuilder::coalesce_timeout))
 ///   and are answered from what it stored. A URI whose response could not be stored for a
 ///   reason of its own (`no-store`, `private`, too large, …) is remembered for two minutes
-///   (Varnish's hit-for-miss), and its misses go to the inner service without waiting for
-///   one another; the first of its responses that may be stored is stored as ever.
+///   (Varnish's hit-for-miss): while nothing of it is stored, its misses go to the inner
+///   service without waiting for one another, and the first of its responses that may be
+///   stored is stored as ever.
 /// - **Ranges.** A fresh stored 200 answers a GET for one byte range with a 206 (or a 416
-///   when the range is past its end), honouring `If-Range`.
+///   when the range is past its end), honouring `If-Range`; a `Range` with `If-Match` or
+///   `If-Unmodified-Since` goes to the inner service.
 /// - **Validation.** A fresh entry answers `If-None-Match` and `If-Modified-Since` with
 ///   304. A stale one with a validator is revalidated with a conditional request, and a
 ///   304 refreshes it.

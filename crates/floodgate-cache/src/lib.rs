@@ -67,17 +67,18 @@
 //!
 //! # What it does not do (yet)
 //!
-//! - A `Range` is answered only from a fresh stored 200, and only one range (a 206; several
-//!   ranges get the whole 200, as RFC 9110 §14.2 allows). Other `Range` requests are
-//!   forwarded (`fwd=bypass`), and their answers never stored.
+//! - Only one byte range is served from storage (a 206); several get the whole response,
+//!   as RFC 9110 §14.2 allows. A `Range` with no fresh stored response, or with `If-Match`
+//!   or `If-Unmodified-Since`, is forwarded (`fwd=bypass`), and its answer never stored.
 //! - `no-cache="field"` and `private="field"` are treated as their unqualified forms: both
 //!   stricter, both allowed.
 //! - A HEAD response does not refresh stored GETs (§4.3.5).
 //! - A 304 that brings a new `Vary` keeps the refreshed entry's variant.
 //! - Coalescing is per URI, not per variant. The first time a URI's response may not be
 //!   stored, the misses that followed it have waited for it (at most `coalesce_timeout`)
-//!   before going to the origin themselves; from then on, for two minutes or until a
-//!   response of it is stored, its misses do not wait.
+//!   before going to the origin themselves; from then on, while it has nothing stored and
+//!   for two minutes (of real time, on moka's clock) or until a response of it is stored
+//!   or a write invalidates it, its misses do not wait.
 //! - Stale-while-revalidate refreshes one variant of a URI at a time; a refresh that
 //!   cannot be stored leaves the stale copy to be served until its window ends.
 //! - `max_entry_bytes` bounds each fill in flight; there is no budget for all of them

@@ -41,7 +41,8 @@ pub(crate) fn select(value: &[u8], len: usize) -> Selected {
         Spec::From { first, .. } if first >= len64 => return Selected::Unsatisfiable,
         Spec::From { first, last } => (first, last.map_or(len64 - 1, |last| last.min(len64 - 1))),
         Spec::Suffix(0) => return Selected::Unsatisfiable,
-        Spec::Suffix(_) if len64 == 0 => return Selected::Unsatisfiable,
+        // §14.1.2: satisfiable, but no 206 can carry none of nothing.
+        Spec::Suffix(_) if len64 == 0 => return Selected::Whole,
         Spec::Suffix(length) => (len64 - length.min(len64), len64 - 1),
     };
     // Both are below `len`, a `usize`.
@@ -151,7 +152,7 @@ mod tests {
         ] {
             assert_eq!(select(value.as_bytes(), 10), selected, "{value}");
         }
-        assert_eq!(select(b"bytes=-5", 0), Selected::Unsatisfiable);
+        assert_eq!(select(b"bytes=-5", 0), Selected::Whole);
         assert_eq!(select(b"bytes=0-", 0), Selected::Unsatisfiable);
     }
 

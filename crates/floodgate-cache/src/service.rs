@@ -13,7 +13,7 @@ use http::header::{
     AGE, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, IF_MATCH,
     IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, LOCATION, PRAGMA, RANGE,
 };
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -245,11 +245,16 @@ fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
                 && directives.min_fresh.is_none_or(|min| left.magnitude >= min);
             if wanted {
                 let status = CacheStatus::hit(left.seconds());
-                let response = hit(shared, entry, request, carried.conditions, status, age);
-                if carried.range {
+                if !carried.range {
+                    let response = hit(shared, entry, request, carried.conditions, status, age);
+                    return Lookup::Serve(response);
+                }
+                // A client resuming a download with `If-Match` or `If-Unmodified-Since`
+                // wants the origin's 412 if it changed, not a part of another version.
+                if !headers.contains_key(IF_MATCH) && !headers.contains_key(IF_UNMODIFIED_SINCE) {
+                    let response = hit(shared, entry, request, carried.conditions, status, age);
                     return Lookup::Serve(ranged(entry, request, response));
                 }
-                return Lookup::Serve(response);
             }
             forward = Forward::Request;
         } else if !carried.range
@@ -367,6 +372,9 @@ fn hit<B, R>(
     Response::from_parts(entry.served.head(stamp, values), CacheBody::stored(body))
 }
 
+const CONTENT_DIGEST: HeaderName = HeaderName::from_static("content-digest");
+const CONTENT_MD5: HeaderName = HeaderName::from_static("content-md5");
+
 /// A fresh hit's answer to a GET with `Range` (RFC 9110 §14): one range of a stored 200 as
 /// a 206, or a 416 when no byte of it is in the range; `response`, the whole hit,
 /// otherwise (a 304, another status, a `Range` to ignore, an `If-Range` that does not
@@ -396,6 +404,10 @@ fn ranged<B, R>(
                 headers.insert(CONTENT_RANGE, content_range);
             }
             headers.insert(CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+            // Digests of the whole content do not describe a part (`Repr-Digest`, of the
+            // representation, still does).
+            headers.remove(CONTENT_DIGEST);
+            headers.remove(CONTENT_MD5);
             *response.body_mut() = CacheBody::stored(Some(entry.body.slice(start..=end)));
             response
         }
@@ -517,8 +529,11 @@ where
     let mut collapsed = None;
     let mut guard = None;
     // HEAD only reads the cache, a request that may not be stored has nothing to share,
-    // and a URI whose responses are not stored would only make its misses wait in turn.
-    if !head && !directives.no_store && !shared.store.is_uncacheable(&key) {
+    // and a URI with nothing stored whose responses could not be would only make its
+    // misses wait in turn. (A URI with a stale entry or other variants still coalesces:
+    // a refusal for one client, a logged-in one say, does not stop the others sharing.)
+    let uncacheable = forward == Forward::UriMiss && shared.store.is_uncacheable(&key);
+    if !head && !directives.no_store && !uncacheable {
         match coalesce(&shared, &key, &request, forward).await {
             Coalesced::Lead(leading) => guard = Some(leading),
             Coalesced::Served(response) => return Ok(response),

@@ -2,6 +2,7 @@
 //! variants, plus what invalidation needs so that a response already on its way when its
 //! URI was invalidated is not stored.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -69,8 +70,11 @@ pub(crate) struct Store {
     retention: Retention,
     /// URI → the epoch of its last invalidation.
     invalidated: Cache<PrimaryKey, u64>,
-    /// URIs whose last response could not be stored, for a reason of its own.
-    uncacheable: Cache<PrimaryKey, ()>,
+    /// URIs whose last response could not be stored, for a reason of its own, by a hash
+    /// of the key: 100 000 of them take a few MB whatever their length, and a collision
+    /// only costs a URI its coalescing for a while.
+    uncacheable: Cache<u64, ()>,
+    marks: foldhash::quality::RandomState,
     /// Counts invalidations; a fill remembers it when it starts.
     epoch: AtomicU64,
     /// The epoch of the last purge by prefix, which invalidates every fill in flight.
@@ -112,6 +116,7 @@ impl Store {
             retention,
             invalidated,
             uncacheable,
+            marks: foldhash::quality::RandomState::default(),
             epoch: AtomicU64::new(0),
             purged: AtomicU64::new(0),
         }
@@ -130,15 +135,21 @@ impl Store {
     /// the same): each goes to the origin, and the first storable response is stored as
     /// ever. A URI already remembered is not written again: a hot one would otherwise
     /// cost a write per request, and it is found out again when the memory lapses.
+    /// The memory is two minutes of real time, on moka's clock.
     pub(crate) fn remember_uncacheable(&self, key: &PrimaryKey) {
-        if !self.uncacheable.contains_key(key) {
-            self.uncacheable.insert(key.clone(), ());
+        let mark = self.marks.hash_one(key);
+        if !self.uncacheable.contains_key(&mark) {
+            self.uncacheable.insert(mark, ());
         }
     }
 
     /// Whether `key`'s last response could not be stored for a reason of its own.
     pub(crate) fn is_uncacheable(&self, key: &PrimaryKey) -> bool {
-        self.uncacheable.contains_key(key)
+        self.uncacheable.contains_key(&self.marks.hash_one(key))
+    }
+
+    fn forget_uncacheable(&self, key: &PrimaryKey) {
+        self.uncacheable.invalidate(&self.marks.hash_one(key));
     }
 
     /// The epoch a fill starting now records.
@@ -197,7 +208,7 @@ impl Store {
         if invalidated {
             return Err(NotStored::Invalidated);
         }
-        self.uncacheable.invalidate(&check);
+        self.forget_uncacheable(&check);
         self.record_size();
         Ok(())
     }
@@ -220,6 +231,8 @@ impl Store {
         let epoch = self.next_epoch();
         self.invalidated.insert(key.clone(), epoch);
         self.entries.invalidate(key);
+        // A write may have changed what the URI answers.
+        self.forget_uncacheable(key);
         self.record_size();
     }
 

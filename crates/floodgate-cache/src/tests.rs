@@ -1064,29 +1064,13 @@ async fn misses_of_a_uri_whose_responses_are_not_stored_stop_waiting_for_one_ano
     })
     .delayed(Duration::from_millis(50));
     let client = Arc::new(client(&origin, cache()));
-    // Five at once; how long the last took, and how many waited for another.
-    let wave = || async {
-        let start = tokio::time::Instant::now();
-        let requests: Vec<_> = (0..5)
-            .map(|_| {
-                let client = Arc::clone(&client);
-                tokio::spawn(async move { client.get("/mine", &[]).await })
-            })
-            .collect();
-        let mut waited = 0;
-        for request in requests {
-            let reply = request.await.expect("no panic");
-            assert_eq!(reply.body, "mine");
-            if reply.cache_status().contains("collapsed") {
-                waited += 1;
-            }
-        }
-        (start.elapsed(), waited)
-    };
     // The first five learn it: four wait for the first's head, then ask themselves.
-    assert_eq!(wave().await, (Duration::from_millis(100), 4));
+    assert_eq!(
+        wave(&client, "/mine").await,
+        (Duration::from_millis(100), 4)
+    );
     // The next five go at once.
-    assert_eq!(wave().await, (Duration::from_millis(50), 0));
+    assert_eq!(wave(&client, "/mine").await, (Duration::from_millis(50), 0));
     assert_eq!(origin.calls(), 10);
     // A response that may be stored still is, and is then served.
     let stored = client.get("/mine", &[]).await;
@@ -1098,6 +1082,61 @@ async fn misses_of_a_uri_whose_responses_are_not_stored_stop_waiting_for_one_ano
     let hit = client.get("/mine", &[]).await;
     assert_eq!(hit.body, "shared");
     assert!(hit.cache_status().starts_with("floodgate; hit"));
+}
+
+/// Five GETs of `path` at once: how long the last took, and how many waited for another's
+/// miss.
+async fn wave(client: &Arc<Client>, path: &'static str) -> (Duration, usize) {
+    let start = tokio::time::Instant::now();
+    let requests: Vec<_> = (0..5)
+        .map(|_| {
+            let client = Arc::clone(client);
+            tokio::spawn(async move { client.get(path, &[]).await })
+        })
+        .collect();
+    let mut waited = 0;
+    for request in requests {
+        let reply = request.await.expect("no panic");
+        if reply.cache_status().contains("collapsed") {
+            waited += 1;
+        }
+    }
+    (start.elapsed(), waited)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_makes_an_uncacheable_uri_coalesce_again() {
+    let origin =
+        Origin::fixed(&[("cache-control", "private")], "mine").delayed(Duration::from_millis(50));
+    let client = Arc::new(client(&origin, cache()));
+    assert_eq!(wave(&client, "/mine").await.1, 4, "learnt");
+    assert_eq!(wave(&client, "/mine").await.1, 0, "remembered");
+    let _ = client.send(Method::POST, "/mine", &[]).await;
+    assert_eq!(wave(&client, "/mine").await.1, 4, "forgotten by the write");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_for_one_client_does_not_stop_the_others_coalescing() {
+    let origin = Origin::new(|request, _| {
+        Ok(if request.headers().contains_key("authorization") {
+            response(200, &[("cache-control", "private")], "yours")
+        } else {
+            response(
+                200,
+                &[("cache-control", "max-age=1"), ("etag", "\"v\"")],
+                "ours",
+            )
+        })
+    })
+    .delayed(Duration::from_millis(50));
+    let client = Arc::new(client(&origin, cache()));
+    let _ = client.get("/page", &[]).await;
+    // A logged-in client's answer is private, and is not stored.
+    let _ = client.get("/page", &[("authorization", "Bearer x")]).await;
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // The stored entry is stale: its revalidation still makes the others wait.
+    assert_eq!(wave(&client, "/page").await.1, 4);
+    assert_eq!(origin.calls(), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1426,7 +1465,13 @@ async fn a_slow_leader_holds_followers_back_only_until_the_coalesce_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_fresh_entry_answers_one_byte_range_with_a_206() {
-    let origin = Origin::fixed(&[("cache-control", "max-age=60")], "0123456789");
+    let origin = Origin::fixed(
+        &[
+            ("cache-control", "max-age=60"),
+            ("content-digest", "sha-256=:x:"),
+        ],
+        "0123456789",
+    );
     let client = client(&origin, cache());
     let _ = client.get("/r", &[]).await;
     for (range, status, content_range, body) in [
@@ -1450,6 +1495,15 @@ async fn a_fresh_entry_answers_one_byte_range_with_a_206() {
     }
     let part = client.get("/r", &[("range", "bytes=2-5")]).await;
     assert_eq!(part.header("content-length"), "4");
+    assert!(
+        part.header("etag").starts_with("\"fg-"),
+        "the stored fields stay"
+    );
+    assert_eq!(
+        part.header("content-digest"),
+        "",
+        "a digest of the whole is dropped"
+    );
     let head = client
         .send(Method::HEAD, "/r", &[("range", "bytes=0-3")])
         .await;
@@ -1489,6 +1543,15 @@ async fn if_range_and_conditions_decide_what_a_range_request_gets() {
         .await;
     assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
     assert_eq!(origin.calls(), 1);
+    // A client resuming with a precondition gets the origin's answer to it.
+    for precondition in [
+        ("if-match", "\"v1\""),
+        ("if-unmodified-since", "Tue, 01 Dec 2026 10:00:00 GMT"),
+    ] {
+        let resumed = client.get("/r", &[range, precondition]).await;
+        assert_eq!(resumed.cache_status(), "floodgate; fwd=bypass");
+    }
+    assert_eq!(origin.calls(), 3);
 }
 
 #[tokio::test(start_paused = true)]
