@@ -69,11 +69,12 @@ pub(crate) struct Store {
     entries: Cache<PrimaryKey, Arc<Resource>, KeyHasher>,
     retention: Retention,
     /// URI → the epoch of its last invalidation.
-    invalidated: Cache<PrimaryKey, u64>,
-    /// URIs whose last response could not be stored, for a reason of its own, by a hash
-    /// of the key: 100 000 of them take a few MB whatever their length, and a collision
-    /// only costs a URI its coalescing for a while.
+    invalidated: Cache<u64, u64>,
+    /// URIs whose last response could not be stored, for a reason of its own.
     uncacheable: Cache<u64, ()>,
+    /// Both remember URIs by a hash of the key: 100 000 of them take a few MB whatever
+    /// the URIs' length, and a collision only costs a fill its store, or a URI its
+    /// coalescing, for a while.
     marks: foldhash::quality::RandomState,
     /// Counts invalidations; a fill remembers it when it starts.
     epoch: AtomicU64,
@@ -217,7 +218,7 @@ impl Store {
         self.purged.load(Ordering::Acquire) > started
             || self
                 .invalidated
-                .get(key)
+                .get(&self.marks.hash_one(key))
                 .is_some_and(|epoch| epoch > started)
     }
 
@@ -229,7 +230,7 @@ impl Store {
     /// stored.
     pub(crate) fn invalidate(&self, key: &PrimaryKey) {
         let epoch = self.next_epoch();
-        self.invalidated.insert(key.clone(), epoch);
+        self.invalidated.insert(self.marks.hash_one(key), epoch);
         self.entries.invalidate(key);
         // A write may have changed what the URI answers.
         self.forget_uncacheable(key);
