@@ -243,18 +243,17 @@ fn lookup<B, R>(shared: &Shared, request: &Request<R>) -> Lookup<B> {
             let wanted = !directives.no_cache
                 && directives.max_age.is_none_or(|max| age <= max)
                 && directives.min_fresh.is_none_or(|min| left.magnitude >= min);
-            if wanted {
+            // A client resuming a download with `If-Match` or `If-Unmodified-Since` wants
+            // the origin's 412 if it changed, not a part of another version.
+            let resuming = carried.range
+                && (headers.contains_key(IF_MATCH) || headers.contains_key(IF_UNMODIFIED_SINCE));
+            if wanted && !resuming {
                 let status = CacheStatus::hit(left.seconds());
-                if !carried.range {
-                    let response = hit(shared, entry, request, carried.conditions, status, age);
-                    return Lookup::Serve(response);
-                }
-                // A client resuming a download with `If-Match` or `If-Unmodified-Since`
-                // wants the origin's 412 if it changed, not a part of another version.
-                if !headers.contains_key(IF_MATCH) && !headers.contains_key(IF_UNMODIFIED_SINCE) {
-                    let response = hit(shared, entry, request, carried.conditions, status, age);
+                let response = hit(shared, entry, request, carried.conditions, status, age);
+                if carried.range {
                     return Lookup::Serve(ranged(entry, request, response));
                 }
+                return Lookup::Serve(response);
             }
             forward = Forward::Request;
         } else if !carried.range
