@@ -21,42 +21,10 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use floodgate::clock::Clock;
 use floodgate_cache::CacheLayer;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::Full;
-use serde_json::json;
-use support::{drain, ready};
+use support::{PATH, drain, page, ready, request};
 use tower::{Layer, Service};
-
-const PATH: &str = "/items?limit=50";
-
-/// The handler's work: a page of 50 items serialised to JSON.
-fn page() -> Response<Full<Bytes>> {
-    let items: Vec<_> = (0..50)
-        .map(|id| {
-            json!({
-                "id": id,
-                "name": format!("item {id}"),
-                "description": "a fine item, in stock and ready to ship",
-                "price": 9.5 + f64::from(id),
-            })
-        })
-        .collect();
-    let body =
-        serde_json::to_vec(&json!({"items": items, "total": 1000, "limit": 50, "offset": 0}))
-            .expect("a JSON value serialises");
-    Response::builder()
-        .header("content-type", "application/json")
-        .header("cache-control", "max-age=3600")
-        .body(Full::new(Bytes::from(body)))
-        .expect("a valid response")
-}
-
-fn request() -> Request<Full<Bytes>> {
-    Request::get(PATH)
-        .header("accept-encoding", "gzip")
-        .body(Full::default())
-        .expect("a valid request")
-}
 
 fn cache_hit(c: &mut Criterion) {
     let mut group = c.benchmark_group("cache_hit");

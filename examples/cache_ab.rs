@@ -20,12 +20,9 @@
 //! It takes about 30 seconds on 2 cores, one thread at a time, and stops by itself.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
 use std::process::Command;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,10 +30,13 @@ use floodgate::clock::Clock;
 use floodgate_cache::CacheLayer;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
-use serde_json::json;
+use support::{PATH, page, ready, request};
 use tower::{Layer, Service};
 
-const PATH: &str = "/items?limit=50";
+// The bench's page, request and `ready`, so that both time the same hit.
+#[path = "../benches/support/mod.rs"]
+mod support;
+
 const PROCESSES: usize = 8;
 const ROUNDS: usize = 3;
 /// Requests are built, and responses kept, this many at a time, as in `benches/cache.rs`.
@@ -184,47 +184,6 @@ fn time_batches(mut batch: impl FnMut() -> Duration) -> f64 {
     #[allow(clippy::cast_precision_loss, reason = "a count far below 2^52")]
     let calls = (BATCH * BATCHES) as f64;
     total.as_secs_f64() * 1e9 / calls
-}
-
-/// The handler's work: a page of 50 items serialised to JSON.
-fn page() -> Response<Full<Bytes>> {
-    let items: Vec<_> = (0..50)
-        .map(|id| {
-            json!({
-                "id": id,
-                "name": format!("item {id}"),
-                "description": "a fine item, in stock and ready to ship",
-                "price": 9.5 + f64::from(id),
-            })
-        })
-        .collect();
-    let body =
-        serde_json::to_vec(&json!({"items": items, "total": 1000, "limit": 50, "offset": 0}))
-            .expect("a JSON value serialises");
-    Response::builder()
-        .header("content-type", "application/json")
-        .header("cache-control", "max-age=3600")
-        .body(Full::new(Bytes::from(body)))
-        .expect("a valid response")
-}
-
-fn request() -> Request<Full<Bytes>> {
-    Request::get(PATH)
-        .header("accept-encoding", "gzip")
-        .body(Full::default())
-        .expect("a valid request")
-}
-
-/// Polls `future` once: a hit, a miss from a ready handler and a stored body are ready at
-/// once.
-fn ready<F: Future>(future: F) -> F::Output {
-    match pin!(future)
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the call waited"),
-    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -6,7 +6,11 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
+use http::{Request, Response};
 use http_body::Body;
+use http_body_util::Full;
+use serde_json::json;
 
 /// Polls a future that completes without waiting (every benchmarked service here does), with
 /// no runtime in the timed loop.
@@ -37,4 +41,38 @@ pub(crate) fn drain<B: Body + Unpin>(mut body: B) -> usize {
             Poll::Pending => panic!("the body waited"),
         }
     }
+}
+
+/// The URI of the cache's hot page.
+pub(crate) const PATH: &str = "/items?limit=50";
+
+/// The items handler's work, which a cache hit saves: a page of 50 items serialised to
+/// JSON, fresh for an hour.
+pub(crate) fn page() -> Response<Full<Bytes>> {
+    let items: Vec<_> = (0..50)
+        .map(|id| {
+            json!({
+                "id": id,
+                "name": format!("item {id}"),
+                "description": "a fine item, in stock and ready to ship",
+                "price": 9.5 + f64::from(id),
+            })
+        })
+        .collect();
+    let body =
+        serde_json::to_vec(&json!({"items": items, "total": 1000, "limit": 50, "offset": 0}))
+            .expect("a JSON value serialises");
+    Response::builder()
+        .header("content-type", "application/json")
+        .header("cache-control", "max-age=3600")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid response")
+}
+
+/// A GET of the page, from a client that accepts gzip.
+pub(crate) fn request() -> Request<Full<Bytes>> {
+    Request::get(PATH)
+        .header("accept-encoding", "gzip")
+        .body(Full::default())
+        .expect("a valid request")
 }
