@@ -92,6 +92,7 @@ mod entry;
 mod flight;
 mod freshness;
 mod future;
+mod hot;
 mod key;
 mod layer;
 mod range;

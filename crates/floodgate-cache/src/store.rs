@@ -14,6 +14,7 @@ use moka::sync::Cache;
 use tokio::time::Instant;
 
 use crate::entry::{Entry, NotStored};
+use crate::hot::{Heat, Hot};
 use crate::key::{PrimaryKey, Secondary, Vary};
 
 /// Variants kept per URI. A response that varies on `User-Agent` or `Cookie` would
@@ -46,7 +47,9 @@ pub(crate) struct Resource {
     pub(crate) variants: Vec<Arc<Entry>>,
     /// When the longest-lived variant is past use (see [`Retention`]); a lookup from then
     /// on finds nothing.
-    expires: Instant,
+    pub(crate) expires: Instant,
+    /// Its store hits this second, which make it hot.
+    pub(crate) heat: Heat,
 }
 
 impl Resource {
@@ -67,6 +70,8 @@ impl Resource {
 /// The cache proper.
 pub(crate) struct Store {
     entries: Cache<PrimaryKey, Arc<Resource>, KeyHasher>,
+    /// The URIs hit most, read before `entries`.
+    hot: Arc<Hot>,
     retention: Retention,
     /// URI → the epoch of its last invalidation.
     invalidated: Cache<u64, u64>,
@@ -91,10 +96,15 @@ impl Store {
     /// disagreed with paused tests. An entry past use stays in memory until a fill
     /// replaces it or the byte bound evicts it.
     pub(crate) fn new(max_bytes: u64, retention: Retention) -> Self {
+        let hot = Arc::new(Hot::new());
+        let forget = Arc::clone(&hot);
         let entries = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &PrimaryKey, resource: &Arc<Resource>| resource.weight(key))
-            .eviction_listener(|_, _, cause| {
+            // Called for every removal, replacements and invalidations included, by the
+            // thread that removes, before the removal returns.
+            .eviction_listener(move |key: Arc<PrimaryKey>, resource, cause| {
+                forget.forget(key.as_str(), &resource);
                 if cause == RemovalCause::Size {
                     metrics::counter!(CACHE_EVICTIONS_TOTAL.name).increment(1);
                 }
@@ -114,6 +124,7 @@ impl Store {
             .build();
         Self {
             entries,
+            hot,
             retention,
             invalidated,
             uncacheable,
@@ -126,9 +137,16 @@ impl Store {
     /// The variants stored under the key whose text is `key`, unless they are past use
     /// at `now`.
     pub(crate) fn get(&self, key: &str, now: Instant) -> Option<Arc<Resource>> {
-        self.entries
+        let ticket = match self.hot.get(key, now) {
+            Ok(hot) => return Some(hot),
+            Err(ticket) => ticket,
+        };
+        let resource = self
+            .entries
             .get(key)
-            .filter(|resource| now < resource.expires)
+            .filter(|resource| now < resource.expires)?;
+        ticket.admit(key, &resource, now);
+        Some(resource)
     }
 
     /// Remembers that `key`'s response could not be stored for a reason of its own, so
@@ -204,6 +222,7 @@ impl Store {
                 vary,
                 variants,
                 expires: now + lifetime,
+                heat: Heat::default(),
             }))
         });
         if invalidated {
@@ -248,6 +267,7 @@ impl Store {
             .invalidate_entries_if(move |key, _| matches(key.path()));
         // Closures run lazily; run them now so the purge is visible at once.
         self.entries.run_pending_tasks();
+        self.hot.forget_all();
         self.record_size();
     }
 

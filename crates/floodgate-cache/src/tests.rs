@@ -2161,3 +2161,67 @@ async fn a_streamed_body_leaves_its_fill_at_the_first_chunk_over_the_entry_limit
     );
     assert_eq!(origin.calls(), 3);
 }
+
+/// Gets `path` until the hot set answers it, and some more.
+async fn heat(client: &Client, path: &str) -> Bytes {
+    let mut body = Bytes::new();
+    for _ in 0..2 * crate::hot::HOT_HITS {
+        let hit = client.get(path, &[]).await;
+        assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+        body = hit.body;
+    }
+    body
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hot_uri_is_not_answered_once_the_store_lets_it_go() {
+    const BODIES: [&str; 8] = ["v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7"];
+    let origin = Origin::new(|request, call| {
+        if request.method() == Method::POST {
+            return Ok(response(204, &[], ""));
+        }
+        Ok(response(
+            200,
+            &[("cache-control", "max-age=60")],
+            BODIES[call % BODIES.len()],
+        ))
+    });
+    let layer = cache().build().expect("valid");
+    let handle = layer.handle();
+    let client = Client {
+        service: layer.layer(origin.service()),
+    };
+    let mut last = client.get("/hot", &[]).await.body;
+    assert_eq!(heat(&client, "/hot").await, last);
+
+    // Each way the store lets a URI go: the next request misses, and its answer is the one
+    // served after.
+    let mut expect_new = async |how: &str, reply: Reply, missed: &str| {
+        assert!(
+            reply.cache_status().contains(missed),
+            "{how}: {}",
+            reply.cache_status()
+        );
+        assert_ne!(reply.body, last, "{how}");
+        last = reply.body;
+        assert_eq!(heat(&client, "/hot").await, last, "{how}");
+    };
+    let _ = client.send(Method::POST, "/hot", &[]).await;
+    let reply = client.get("/hot", &[]).await;
+    expect_new("a write", reply, "uri-miss").await;
+
+    let reply = client.get("/hot", &[("cache-control", "no-cache")]).await;
+    expect_new("a replacement", reply, "fwd=request").await;
+
+    handle.invalidate("/hot");
+    let reply = client.get("/hot", &[]).await;
+    expect_new("the handle", reply, "uri-miss").await;
+
+    handle.purge_prefix("/");
+    let reply = client.get("/hot", &[]).await;
+    expect_new("a purge", reply, "uri-miss").await;
+
+    tokio::time::advance(Duration::from_secs(60)).await;
+    let reply = client.get("/hot", &[]).await;
+    expect_new("past use", reply, "uri-miss").await;
+}
