@@ -5,18 +5,17 @@
 //! map, the clock and, above all, recording the read for the eviction policy. A hot URI
 //! takes thousands of hits a second, and the policy does not need to hear of each of
 //! them. So a URI that the store answers [`HOT_HITS`] times within one second enters a
-//! slot here, and from then on 1 hit in [`RECORD_EVERY`] goes to moka: that hit records
-//! the read (a URI this hot still records several a second, enough to stay most recently
-//! used and at the top of the frequency sketch, whose counters stop at 15), and checks the
-//! slot against the store. The other hits read the slot: a hash, one load, a comparison.
-//! Caffeine's read buffer drops reads under load for the same reason.
+//! slot here, and from then on about 1 hit in [`RECORD_EVERY`], drawn at random, goes to
+//! moka: that hit records the read (a URI this hot still records several a second) and
+//! checks the slot against the store. The other hits read the slot: a hash, two loads, a
+//! comparison. Caffeine's read buffer drops reads under load for the same reason.
 //!
-//! A slot never answers with a resource the store has let go. Every removal from the
-//! store (replaced by a new response, invalidated, evicted) reaches [`Hot::forget`]
-//! through the store's eviction listener, which moka calls before the write returns; it
-//! moves the slot's generation on, and a resident admitted under an older generation is
-//! not served. A URI admitted from a lookup that raced a removal holds the generation of
-//! before it, and is never served either. A purge by prefix moves every slot on.
+//! A slot never answers with a resource the store has let go. The store calls
+//! [`Hot::forget`] after each write that replaces or drops a URI, and before the write
+//! returns; it moves the slot's generation on, and a resident admitted under another
+//! generation is not served. A lookup that raced the write took the generation of before
+//! it, so what it admits is not served either, and is taken out again at once. A purge by
+//! prefix moves every slot on.
 
 use std::cell::Cell;
 use std::hash::BuildHasher;
@@ -32,12 +31,13 @@ use crate::store::Resource;
 const SLOTS: usize = 1024;
 /// Store hits within one second that make a URI hot.
 pub(crate) const HOT_HITS: u32 = 16;
-/// One hit on a hot URI in this many goes to the store, on each thread.
-pub(crate) const RECORD_EVERY: u32 = 16;
+/// About one hit on a hot URI in this many goes to the store.
+pub(crate) const RECORD_EVERY: u64 = 16;
 
 thread_local! {
-    /// Hits on this thread until the next one goes to the store.
-    static UNTIL_RECORDED: Cell<u32> = const { Cell::new(RECORD_EVERY) };
+    /// This thread's draws of which hits go to the store (xorshift). Random rather than
+    /// every n-th hit: a thread serving n hot URIs in turn would send the same one each time.
+    static DRAWS: Cell<u64> = const { Cell::new(0x9e37_79b9_7f4a_7c15) };
 }
 
 /// The hot set.
@@ -48,7 +48,7 @@ pub(crate) struct Hot {
 }
 
 struct Slot {
-    /// Moved on by every removal from the store of a URI in this slot.
+    /// Moved on by every write to the store of a URI in this slot.
     generation: AtomicU64,
     resident: ArcSwapOption<Resident>,
 }
@@ -91,12 +91,12 @@ impl Hot {
         &self.slots[index]
     }
 
-    /// `key`'s resource if it is hot and of use at `now`, unless this hit is the one in
-    /// [`RECORD_EVERY`] that goes to the store; else a ticket for the store's lookup.
+    /// `key`'s resource if it is hot and of use at `now`, unless this hit is one of those
+    /// that go to the store; else a ticket for the store's lookup.
     pub(crate) fn get(&self, key: &str, now: Instant) -> Result<Arc<Resource>, Ticket<'_>> {
         let slot = self.slot(key);
-        // Taken first: a removal after it makes whatever this lookup admits unservable.
-        let generation = slot.generation.load(Ordering::Acquire);
+        // Taken first: a write after it makes whatever this lookup admits unservable.
+        let generation = slot.generation.load(Ordering::SeqCst);
         let resident = slot.resident.load();
         if let Some(resident) = resident.as_deref()
             && resident.generation == generation
@@ -109,25 +109,35 @@ impl Hot {
         Err(Ticket { slot, generation })
     }
 
-    /// Called for every resource the store removes, before the removal returns.
-    pub(crate) fn forget(&self, key: &str, resource: &Arc<Resource>) {
+    /// Called after each write that replaces or drops `key` in the store, before the
+    /// write returns.
+    pub(crate) fn forget(&self, key: &str) {
         let slot = self.slot(key);
-        slot.generation.fetch_add(1, Ordering::AcqRel);
-        // Drop it now rather than at the next admission: it may be large.
+        slot.generation.fetch_add(1, Ordering::SeqCst);
+        // Let go of it now rather than at the next admission: it may be large.
         let resident = slot.resident.load();
         if resident
             .as_deref()
-            .is_some_and(|resident| Arc::ptr_eq(&resident.resource, resource))
+            .is_some_and(|resident| *resident.key == *key)
         {
             slot.resident.compare_and_swap(&*resident, None);
         }
     }
 
-    /// Makes every slot unservable: a purge by prefix, whose removals moka may apply
+    /// Whether `key` has a servable resident.
+    #[cfg(test)]
+    pub(crate) fn has(&self, key: &str) -> bool {
+        let slot = self.slot(key);
+        slot.resident.load().as_deref().is_some_and(|resident| {
+            *resident.key == *key && resident.generation == slot.generation.load(Ordering::SeqCst)
+        })
+    }
+
+    /// Makes every slot unservable: a purge by prefix, whose removals moka applies
     /// lazily.
     pub(crate) fn forget_all(&self) {
         for slot in &*self.slots {
-            slot.generation.fetch_add(1, Ordering::AcqRel);
+            slot.generation.fetch_add(1, Ordering::SeqCst);
             slot.resident.store(None);
         }
     }
@@ -135,37 +145,49 @@ impl Hot {
 
 impl Ticket<'_> {
     /// Puts `resource`, which the store just gave for `key`, in the slot if it is hot at
-    /// `now` and not there already.
+    /// `now`, is not there already, and would not push out a resident still hot.
     pub(crate) fn admit(self, key: &str, resource: &Arc<Resource>, now: Instant) {
         if !resource.heat.hit(resource.expires, now) {
             return;
         }
-        let resident = self.slot.resident.load();
-        if resident.as_deref().is_some_and(|resident| {
-            resident.generation == self.generation && Arc::ptr_eq(&resident.resource, resource)
-        }) {
+        let slot = self.slot;
+        let current = slot.resident.load();
+        if let Some(resident) = current.as_deref()
+            && resident.generation == self.generation
+            && (Arc::ptr_eq(&resident.resource, resource)
+                || resident
+                    .resource
+                    .heat
+                    .is_warm(resident.resource.expires, now))
+        {
             return;
         }
-        self.slot.resident.store(Some(Arc::new(Resident {
+        if slot.generation.load(Ordering::SeqCst) != self.generation {
+            return;
+        }
+        let admitted = Some(Arc::new(Resident {
             key: key.into(),
             resource: Arc::clone(resource),
             generation: self.generation,
-        })));
+        }));
+        slot.resident.store(admitted.clone());
+        // A write between the check above and the store moved the generation on, and may
+        // have looked at the slot before this resident was in it: take it out again.
+        if slot.generation.load(Ordering::SeqCst) != self.generation {
+            slot.resident.compare_and_swap(&admitted, None);
+        }
     }
 }
 
-/// Whether this hit on a hot URI goes to the store: one in [`RECORD_EVERY`] on each
-/// thread.
+/// Whether this hit on a hot URI goes to the store: about one in [`RECORD_EVERY`].
 fn record_this_hit() -> bool {
-    UNTIL_RECORDED.with(|left| {
-        let now = left.get() - 1;
-        if now == 0 {
-            left.set(RECORD_EVERY);
-            true
-        } else {
-            left.set(now);
-            false
-        }
+    DRAWS.with(|draws| {
+        let mut x = draws.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        draws.set(x);
+        x % RECORD_EVERY == 0
     })
 }
 
@@ -175,11 +197,15 @@ fn record_this_hit() -> bool {
 pub(crate) struct Heat(AtomicU64);
 
 impl Heat {
+    /// The second of `now`, counted down to `expires`, which is fixed for the resource.
+    fn second(expires: Instant, now: Instant) -> u64 {
+        expires.saturating_duration_since(now).as_secs()
+    }
+
     /// Counts a store hit at `now` and says whether the resource is hot: [`HOT_HITS`] of
-    /// them within one second. The seconds are counted down to `expires`, which is fixed
-    /// for the resource.
+    /// them within one second.
     fn hit(&self, expires: Instant, now: Instant) -> bool {
-        let second = expires.saturating_duration_since(now).as_secs();
+        let second = Self::second(expires, now);
         let last = self.0.load(Ordering::Relaxed);
         let hits = if last >> 32 == second {
             (last & u64::from(u32::MAX)) + 1
@@ -188,6 +214,12 @@ impl Heat {
         };
         self.0.store(second << 32 | hits, Ordering::Relaxed);
         hits >= u64::from(HOT_HITS)
+    }
+
+    /// Whether the store has answered the resource within the second of `now`. A resident
+    /// hit [`HOT_HITS`] times a second sends it one of them about every second.
+    fn is_warm(&self, expires: Instant, now: Instant) -> bool {
+        now < expires && self.0.load(Ordering::Relaxed) >> 32 == Self::second(expires, now)
     }
 }
 
@@ -209,12 +241,12 @@ mod tests {
 
     /// Looks `key` up `times` times, admitting `resource` on each store hit; how many hits
     /// the hot set answered.
-    fn hits(hot: &Hot, key: &str, resource: &Arc<Resource>, now: Instant, times: u32) -> u32 {
+    fn hits(hot: &Hot, key: &str, resource: &Arc<Resource>, now: Instant, times: u64) -> u64 {
         let mut answered = 0;
         for _ in 0..times {
             match hot.get(key, now) {
                 Ok(found) => {
-                    assert!(Arc::ptr_eq(&found, resource));
+                    assert!(Arc::ptr_eq(&found, resource), "{key}: another's resource");
                     answered += 1;
                 }
                 Err(ticket) => ticket.admit(key, resource, now),
@@ -223,24 +255,30 @@ mod tests {
         answered
     }
 
+    /// A key other than `key` in the same slot.
+    fn neighbour(hot: &Hot, key: &str) -> String {
+        (0..100_000)
+            .map(|n| format!("/n{n}"))
+            .find(|other| std::ptr::eq(hot.slot(other), hot.slot(key)))
+            .expect("some key shares the slot")
+    }
+
     #[test]
     fn a_uri_is_hot_after_enough_store_hits_in_one_second() {
         let hot = Hot::new();
         let now = Instant::now();
         let page = resource(now);
-        assert_eq!(hits(&hot, "/page", &page, now, HOT_HITS - 1), 0);
+        let hot_hits = u64::from(HOT_HITS);
+        assert_eq!(hits(&hot, "/page", &page, now, hot_hits - 1), 0);
         assert_eq!(hits(&hot, "/other", &resource(now), now, 1), 0);
         // The `HOT_HITS`th store hit admits it.
         assert_eq!(hits(&hot, "/page", &page, now, 1), 0);
         let answered = hits(&hot, "/page", &page, now, 100 * RECORD_EVERY);
-        assert_eq!(
-            answered,
-            100 * (RECORD_EVERY - 1),
-            "one hit in RECORD_EVERY goes to the store"
+        assert!(
+            (90 * RECORD_EVERY..100 * RECORD_EVERY - 50).contains(&answered),
+            "about one hit in RECORD_EVERY goes to the store: {answered}"
         );
-        assert!(hot.get("/pag", now).is_err(), "another key, another slot");
-        let past_use = page.expires;
-        assert!(hot.get("/page", past_use).is_err(), "never past use");
+        assert!(hot.get("/page", page.expires).is_err(), "never past use");
     }
 
     #[test]
@@ -251,35 +289,54 @@ mod tests {
         let mut now = start;
         for _ in 0..8 {
             // Spread over seconds, no second has enough.
-            assert_eq!(hits(&hot, "/page", &page, now, HOT_HITS / 2), 0);
+            assert_eq!(hits(&hot, "/page", &page, now, u64::from(HOT_HITS / 2)), 0);
             now += Duration::from_secs(1);
         }
-        assert_eq!(hits(&hot, "/page", &page, now, HOT_HITS), 0);
+        assert_eq!(hits(&hot, "/page", &page, now, u64::from(HOT_HITS)), 0);
         assert!(hits(&hot, "/page", &page, now, RECORD_EVERY) > 0);
     }
 
     #[test]
-    fn a_removal_makes_the_slot_unservable_even_for_a_lookup_racing_it() {
+    fn a_slot_answers_only_its_own_key_and_keeps_a_resident_still_hot() {
+        let hot = Hot::new();
+        let now = Instant::now();
+        let (page, other) = (resource(now), resource(now));
+        let neighbour = neighbour(&hot, "/page");
+        let _ = hits(&hot, "/page", &page, now, u64::from(HOT_HITS));
+        assert_eq!(
+            hits(&hot, &neighbour, &other, now, 4 * u64::from(HOT_HITS)),
+            0,
+            "the resident is answered by the store this second: it stays"
+        );
+        assert!(hits(&hot, "/page", &page, now, RECORD_EVERY) > 0);
+        // A second later the resident has had no store hit yet: a hotter URI takes the slot.
+        let later = now + Duration::from_secs(1);
+        let _ = hits(&hot, &neighbour, &other, later, u64::from(HOT_HITS));
+        assert!(hits(&hot, &neighbour, &other, later, RECORD_EVERY) > 0);
+        assert_eq!(hits(&hot, "/page", &page, later, 1), 0);
+    }
+
+    #[test]
+    fn a_write_makes_the_slot_unservable_even_for_a_lookup_racing_it() {
         let hot = Hot::new();
         let now = Instant::now();
         let page = resource(now);
-        let _ = hits(&hot, "/page", &page, now, HOT_HITS);
+        let _ = hits(&hot, "/page", &page, now, u64::from(HOT_HITS));
         assert!(hits(&hot, "/page", &page, now, RECORD_EVERY) > 0);
 
-        hot.forget("/page", &page);
+        hot.forget("/page");
         assert!(hot.get("/page", now).is_err(), "forgotten at once");
+        assert_eq!(Arc::strong_count(&page), 1, "and let go of");
 
-        // A lookup that took its ticket before a removal, and admits after it.
+        // A lookup that took its ticket before a write, and admits after it.
         let Err(ticket) = hot.get("/page", now) else {
             panic!("forgotten");
         };
-        hot.forget("/page", &page);
+        hot.forget("/page");
         ticket.admit("/page", &page, now);
+        assert_eq!(Arc::strong_count(&page), 1, "not admitted");
         for _ in 0..RECORD_EVERY {
-            assert!(
-                hot.get("/page", now).is_err(),
-                "admitted under the generation before the removal: never served"
-            );
+            assert!(hot.get("/page", now).is_err());
         }
     }
 
@@ -289,11 +346,12 @@ mod tests {
         let now = Instant::now();
         let pages: Vec<_> = (0..8).map(|_| resource(now)).collect();
         for (n, page) in pages.iter().enumerate() {
-            let _ = hits(&hot, &format!("/{n}"), page, now, HOT_HITS);
+            let _ = hits(&hot, &format!("/{n}"), page, now, u64::from(HOT_HITS));
         }
         hot.forget_all();
-        for n in 0..8 {
+        for (n, page) in pages.iter().enumerate() {
             assert!(hot.get(&format!("/{n}"), now).is_err());
+            assert_eq!(Arc::strong_count(page), 1);
         }
     }
 }

@@ -333,6 +333,14 @@ pub struct CacheHandle {
     shared: Arc<Shared>,
 }
 
+#[cfg(test)]
+impl CacheHandle {
+    /// Whether the hot set answers the URI whose key is `key`.
+    pub(crate) fn is_hot(&self, key: &str) -> bool {
+        self.shared.store.is_hot(key)
+    }
+}
+
 impl CacheHandle {
     /// Drops every variant stored for `path_and_query` (`/items?limit=5`), for every host
     /// when the layer keys by host.

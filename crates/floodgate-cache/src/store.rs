@@ -101,11 +101,11 @@ impl Store {
         let entries = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &PrimaryKey, resource: &Arc<Resource>| resource.weight(key))
-            // Called for every removal, replacements and invalidations included, by the
-            // thread that removes, before the removal returns.
-            .eviction_listener(move |key: Arc<PrimaryKey>, resource, cause| {
-                forget.forget(key.as_str(), &resource);
+            // Writes forget their URIs in the hot set themselves; evictions happen in moka's
+            // upkeep, on whichever thread runs it.
+            .eviction_listener(move |key: Arc<PrimaryKey>, _, cause| {
                 if cause == RemovalCause::Size {
+                    forget.forget(key.as_str());
                     metrics::counter!(CACHE_EVICTIONS_TOTAL.name).increment(1);
                 }
             })
@@ -147,6 +147,12 @@ impl Store {
             .filter(|resource| now < resource.expires)?;
         ticket.admit(key, &resource, now);
         Some(resource)
+    }
+
+    /// Whether the hot set answers `key`.
+    #[cfg(test)]
+    pub(crate) fn is_hot(&self, key: &str) -> bool {
+        self.hot.has(key)
     }
 
     /// Remembers that `key`'s response could not be stored for a reason of its own, so
@@ -228,6 +234,7 @@ impl Store {
         if invalidated {
             return Err(NotStored::Invalidated);
         }
+        self.hot.forget(check.as_str());
         self.forget_uncacheable(&check);
         self.record_size();
         Ok(())
@@ -251,6 +258,7 @@ impl Store {
         let epoch = self.next_epoch();
         self.invalidated.insert(self.marks.hash_one(key), epoch);
         self.entries.invalidate(key);
+        self.hot.forget(key.as_str());
         // A write may have changed what the URI answers.
         self.forget_uncacheable(key);
         self.record_size();
@@ -265,7 +273,8 @@ impl Store {
         let _ = self
             .entries
             .invalidate_entries_if(move |key, _| matches(key.path()));
-        // Closures run lazily; run them now so the purge is visible at once.
+        // moka's reads skip what the closure matches at once, and its upkeep removes them a
+        // batch at a time; the hot set cannot tell which of its URIs match.
         self.entries.run_pending_tasks();
         self.hot.forget_all();
         self.record_size();

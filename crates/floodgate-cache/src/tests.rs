@@ -2163,13 +2163,14 @@ async fn a_streamed_body_leaves_its_fill_at_the_first_chunk_over_the_entry_limit
 }
 
 /// Gets `path` until the hot set answers it, and some more.
-async fn heat(client: &Client, path: &str) -> Bytes {
+async fn heat(client: &Client, handle: &crate::CacheHandle, path: &str) -> Bytes {
     let mut body = Bytes::new();
     for _ in 0..2 * crate::hot::HOT_HITS {
         let hit = client.get(path, &[]).await;
         assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
         body = hit.body;
     }
+    assert!(handle.is_hot(path), "{path} is hot");
     body
 }
 
@@ -2192,7 +2193,7 @@ async fn a_hot_uri_is_not_answered_once_the_store_lets_it_go() {
         service: layer.layer(origin.service()),
     };
     let mut last = client.get("/hot", &[]).await.body;
-    assert_eq!(heat(&client, "/hot").await, last);
+    assert_eq!(heat(&client, &handle, "/hot").await, last);
 
     // Each way the store lets a URI go: the next request misses, and its answer is the one
     // served after.
@@ -2204,7 +2205,7 @@ async fn a_hot_uri_is_not_answered_once_the_store_lets_it_go() {
         );
         assert_ne!(reply.body, last, "{how}");
         last = reply.body;
-        assert_eq!(heat(&client, "/hot").await, last, "{how}");
+        assert_eq!(heat(&client, &handle, "/hot").await, last, "{how}");
     };
     let _ = client.send(Method::POST, "/hot", &[]).await;
     let reply = client.get("/hot", &[]).await;
