@@ -7,8 +7,9 @@
 //! them. So a URI that the store answers [`HOT_HITS`] times within one second enters a
 //! slot here, and from then on about 1 hit in [`RECORD_EVERY`], drawn at random, goes to
 //! moka: that hit records the read (a URI this hot still records several a second) and
-//! checks the slot against the store. The other hits read the slot: a hash, two loads, a
-//! comparison. Caffeine's read buffer drops reads under load for the same reason.
+//! checks the slot against the store. The other hits read the slot: a hash, three loads, a
+//! comparison. A lookup of a URI that is not hot stops at the slot's tag, a hash of the
+//! key admitted last. Caffeine's read buffer drops reads under load for the same reason.
 //!
 //! A slot never answers with a resource the store has let go. The store calls
 //! [`Hot::forget`] after each write that replaces or drops a URI, and before the write
@@ -27,12 +28,12 @@ use tokio::time::Instant;
 
 use crate::store::Resource;
 
-/// Slots, 16 bytes each: 16 KiB a cache. A hot set larger than this is not a few hot URIs.
+/// Slots, 24 bytes each: 24 KiB a cache. A hot set larger than this is not a few hot URIs.
 const SLOTS: usize = 1024;
 /// Store hits within one second that make a URI hot.
 pub(crate) const HOT_HITS: u32 = 16;
 /// About one hit on a hot URI in this many goes to the store.
-pub(crate) const RECORD_EVERY: u64 = 16;
+pub(crate) const RECORD_EVERY: u64 = 8;
 
 thread_local! {
     /// This thread's draws of which hits go to the store (xorshift). Random rather than
@@ -50,8 +51,14 @@ pub(crate) struct Hot {
 struct Slot {
     /// Moved on by every write to the store of a URI in this slot.
     generation: AtomicU64,
+    /// The [`Tag`] of the last key admitted: a lookup of another key stops at it, without
+    /// loading the resident.
+    tag: AtomicU64,
     resident: ArcSwapOption<Resident>,
 }
+
+/// A key's hash, never 0 (an empty slot's tag).
+type Tag = u64;
 
 struct Resident {
     key: Box<str>,
@@ -64,6 +71,7 @@ struct Resident {
 /// it went to the store.
 pub(crate) struct Ticket<'a> {
     slot: &'a Slot,
+    tag: Tag,
     generation: u64,
 }
 
@@ -73,6 +81,7 @@ impl Hot {
             slots: (0..SLOTS)
                 .map(|_| Slot {
                     generation: AtomicU64::new(0),
+                    tag: AtomicU64::new(0),
                     resident: ArcSwapOption::empty(),
                 })
                 .collect(),
@@ -80,39 +89,46 @@ impl Hot {
         }
     }
 
-    fn slot(&self, key: &str) -> &Slot {
+    fn slot(&self, key: &str) -> (&Slot, Tag) {
+        let hash = self.hasher.hash_one(key);
         // The low bits: `SLOTS` is a power of two, and foldhash's quality variant mixes
         // them fully.
         #[allow(
             clippy::cast_possible_truncation,
             reason = "only the low bits index the slots"
         )]
-        let index = self.hasher.hash_one(key) as usize % SLOTS;
-        &self.slots[index]
+        let index = hash as usize % SLOTS;
+        (&self.slots[index], hash | 1)
     }
 
     /// `key`'s resource if it is hot and of use at `now`, unless this hit is one of those
     /// that go to the store; else a ticket for the store's lookup.
     pub(crate) fn get(&self, key: &str, now: Instant) -> Result<Arc<Resource>, Ticket<'_>> {
-        let slot = self.slot(key);
+        let (slot, tag) = self.slot(key);
         // Taken first: a write after it makes whatever this lookup admits unservable.
         let generation = slot.generation.load(Ordering::SeqCst);
-        let resident = slot.resident.load();
-        if let Some(resident) = resident.as_deref()
-            && resident.generation == generation
-            && *resident.key == *key
-            && now < resident.resource.expires
-            && !record_this_hit()
-        {
-            return Ok(Arc::clone(&resident.resource));
+        if slot.tag.load(Ordering::Relaxed) == tag {
+            let resident = slot.resident.load();
+            if let Some(resident) = resident.as_deref()
+                && resident.generation == generation
+                && *resident.key == *key
+                && now < resident.resource.expires
+                && !record_this_hit()
+            {
+                return Ok(Arc::clone(&resident.resource));
+            }
         }
-        Err(Ticket { slot, generation })
+        Err(Ticket {
+            slot,
+            tag,
+            generation,
+        })
     }
 
     /// Called after each write that replaces or drops `key` in the store, before the
     /// write returns.
     pub(crate) fn forget(&self, key: &str) {
-        let slot = self.slot(key);
+        let (slot, _) = self.slot(key);
         slot.generation.fetch_add(1, Ordering::SeqCst);
         // Let go of it now rather than at the next admission: it may be large.
         let resident = slot.resident.load();
@@ -127,7 +143,7 @@ impl Hot {
     /// Whether `key` has a servable resident.
     #[cfg(test)]
     pub(crate) fn has(&self, key: &str) -> bool {
-        let slot = self.slot(key);
+        let (slot, _) = self.slot(key);
         slot.resident.load().as_deref().is_some_and(|resident| {
             *resident.key == *key && resident.generation == slot.generation.load(Ordering::SeqCst)
         })
@@ -154,13 +170,21 @@ impl Ticket<'_> {
         let current = slot.resident.load();
         if let Some(resident) = current.as_deref()
             && resident.generation == self.generation
-            && (Arc::ptr_eq(&resident.resource, resource)
-                || resident
-                    .resource
-                    .heat
-                    .is_warm(resident.resource.expires, now))
         {
-            return;
+            if Arc::ptr_eq(&resident.resource, resource) {
+                // Two admissions racing may have left the other's tag.
+                if slot.tag.load(Ordering::Relaxed) != self.tag {
+                    slot.tag.store(self.tag, Ordering::Relaxed);
+                }
+                return;
+            }
+            if resident
+                .resource
+                .heat
+                .is_warm(resident.resource.expires, now)
+            {
+                return;
+            }
         }
         if slot.generation.load(Ordering::SeqCst) != self.generation {
             return;
@@ -171,6 +195,7 @@ impl Ticket<'_> {
             generation: self.generation,
         }));
         slot.resident.store(admitted.clone());
+        slot.tag.store(self.tag, Ordering::Relaxed);
         // A write between the check above and the store moved the generation on, and may
         // have looked at the slot before this resident was in it: take it out again.
         if slot.generation.load(Ordering::SeqCst) != self.generation {
@@ -259,7 +284,7 @@ mod tests {
     fn neighbour(hot: &Hot, key: &str) -> String {
         (0..100_000)
             .map(|n| format!("/n{n}"))
-            .find(|other| std::ptr::eq(hot.slot(other), hot.slot(key)))
+            .find(|other| std::ptr::eq(hot.slot(other).0, hot.slot(key).0))
             .expect("some key shares the slot")
     }
 
@@ -274,9 +299,11 @@ mod tests {
         // The `HOT_HITS`th store hit admits it.
         assert_eq!(hits(&hot, "/page", &page, now, 1), 0);
         let answered = hits(&hot, "/page", &page, now, 100 * RECORD_EVERY);
+        let expected = 100 * (RECORD_EVERY - 1);
         assert!(
-            (90 * RECORD_EVERY..100 * RECORD_EVERY - 50).contains(&answered),
-            "about one hit in RECORD_EVERY goes to the store: {answered}"
+            answered.abs_diff(expected) < 50,
+            "about one hit in RECORD_EVERY goes to the store: {answered} of {}",
+            100 * RECORD_EVERY
         );
         assert!(hot.get("/page", page.expires).is_err(), "never past use");
     }
