@@ -154,7 +154,10 @@ impl Hot {
     pub(crate) fn forget_all(&self) {
         for slot in &*self.slots {
             slot.generation.fetch_add(1, Ordering::SeqCst);
-            slot.resident.store(None);
+            // Most slots are empty, and a load is far cheaper than a store.
+            if slot.resident.load().is_some() {
+                slot.resident.store(None);
+            }
         }
     }
 }

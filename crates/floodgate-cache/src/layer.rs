@@ -168,6 +168,12 @@ impl CacheLayerBuilder {
     /// The most the cache holds, in bytes of bodies and headers (default 64 MiB). Least
     /// recently used entries go first; moka's `TinyLFU` admission keeps one-off URIs from
     /// pushing out popular ones.
+    ///
+    /// A URI hit 16 times within a second is hot: about 7 of its hits in 8 are answered
+    /// from a small index in front of moka, and only the others tell moka's policy of the
+    /// read. On a Zipf(1.1) workload over 100 000 URIs with room for 1 000, that costs the
+    /// hit ratio 0.1 points (`examples/cache_hit_ratio`); a hit on a hot URI costs about
+    /// 90 ns less.
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = bytes;
         self

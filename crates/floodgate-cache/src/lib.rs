@@ -83,6 +83,9 @@
 //!   cannot be stored leaves the stale copy to be served until its window ends.
 //! - `max_entry_bytes` bounds each fill in flight; there is no budget for all of them
 //!   together.
+//! - Hits on a URI hit 16 times a second are mostly answered from a hot set in front of
+//!   moka, so moka's eviction policy hears of about 1 in 8 of them (see
+//!   [`CacheLayerBuilder::max_bytes`]).
 //! - `Cache-Status: …; stored` is written with the response head. A body that then turns
 //!   out longer than `max_entry_bytes`, has trailers or fails is not stored after all.
 
