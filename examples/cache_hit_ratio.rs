@@ -2,16 +2,19 @@
 //! eviction policy keeps, hot set included.
 //!
 //! One client sends GETs for URIs drawn from a Zipf distribution over `KEYS` URIs, one at a
-//! time, through a `CacheLayer` holding about `CAPACITY` of their 2 KB pages, and counts
-//! the calls that reached the origin. The draws come from a fixed seed, so every run sends
-//! the same requests; moka's own seeds still move the ratio by about 0.0005.
+//! time, through a `CacheLayer` with room for `CAPACITY` of their 2 KB pages (as weighed
+//! by the cache itself), and counts the calls that reached the origin. Time is tokio's,
+//! paused, and moves on by the same step each request, `RATE` requests a second whatever
+//! the machine, so which URIs are hot (16 hits within a second) is the same on every
+//! machine. The draws come from a fixed seed, so every run sends the same requests; moka's
+//! own seeds still move the ratio by about 0.0005.
 //!
 //! ```sh
-//! cargo run --release --example cache_hit_ratio -- [KEYS] [SKEW] [REQUESTS] [CAPACITY]
+//! cargo run --release --example cache_hit_ratio -- [KEYS] [SKEW] [REQUESTS] [CAPACITY] [RATE]
 //! ```
 //!
-//! The defaults, 100 000 URIs, skew 1.1, 1 000 000 requests and a cache of 1 000 pages,
-//! take a few seconds.
+//! The defaults, 100 000 URIs, skew 1.1, 1 000 000 requests, room for 1 000 pages and
+//! 100 000 requests a second, take a few seconds.
 
 #![allow(
     clippy::cast_precision_loss,
@@ -21,10 +24,11 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use floodgate_cache::CacheLayer;
+use floodgate_cache::{Cache, CacheLayer};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt};
@@ -32,18 +36,18 @@ use tower::{Layer, Service, ServiceExt};
 /// A page's body.
 const PAGE_BYTES: usize = 2_000;
 
+fn usage(problem: &str) -> ! {
+    eprintln!("usage: cache_hit_ratio [KEYS] [SKEW] [REQUESTS] [CAPACITY] [RATE]: {problem}");
+    std::process::exit(2);
+}
+
 fn argument<T: std::str::FromStr>(position: usize, default: T) -> T {
     let Some(value) = std::env::args().nth(position) else {
         return default;
     };
-    if let Ok(parsed) = value.parse() {
-        return parsed;
-    }
-    eprintln!(
-        "usage: cache_hit_ratio [KEYS] [SKEW] [REQUESTS] [CAPACITY]; argument {position} is \
-         not a number: {value}"
-    );
-    std::process::exit(2);
+    value
+        .parse()
+        .unwrap_or_else(|_| usage(&format!("argument {position} is not a number: {value}")))
 }
 
 /// Draws ranks `0..keys` with probability proportional to `1 / (rank + 1)^skew`.
@@ -82,58 +86,92 @@ impl Zipf {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+/// The origin: a 2 KB page fresh for an hour, counting its calls.
+#[derive(Clone)]
+struct Origin {
+    calls: Arc<AtomicUsize>,
+    page: Bytes,
+}
+
+impl Origin {
+    fn new(calls: &Arc<AtomicUsize>) -> Self {
+        Self {
+            calls: Arc::clone(calls),
+            page: Bytes::from(vec![b'x'; PAGE_BYTES]),
+        }
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for Origin {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        std::future::ready(Ok(Response::builder()
+            .header("cache-control", "max-age=3600")
+            .body(Full::new(self.page.clone()))
+            .expect("a valid response")))
+    }
+}
+
+/// Sends a GET for `path` and reads the answer to its end (that is when a miss is stored).
+async fn get(cached: &mut Cache<Origin>, path: String) {
+    let request = Request::get(path)
+        .body(Full::default())
+        .expect("a valid request");
+    let ready = cached.ready().await.expect("infallible");
+    let response = ready.call(request).await.expect("infallible");
+    let _ = response.into_body().collect().await;
+}
+
+#[tokio::main(flavor = "current_thread", start_paused = true)]
 async fn main() {
     let keys: usize = argument(1, 100_000);
     let skew: f64 = argument(2, 1.1);
     let requests: usize = argument(3, 1_000_000);
     let capacity: u64 = argument(4, 1_000);
-    if keys == 0 || requests == 0 || capacity == 0 {
-        eprintln!("cache_hit_ratio: KEYS, REQUESTS and CAPACITY must be at least 1");
-        std::process::exit(2);
+    let rate: u32 = argument(5, 100_000);
+    if keys == 0 || requests == 0 || capacity == 0 || rate == 0 {
+        usage("KEYS, REQUESTS, CAPACITY and RATE must be at least 1");
+    }
+    let pace = Duration::from_secs(1) / rate;
+    if !(skew.is_finite() && skew >= 0.0) {
+        usage("SKEW must be a number of at least 0");
     }
 
+    // What one page weighs in the cache, key and head included.
+    let probe = CacheLayer::builder().build().expect("a valid cache");
+    let weigh = probe.handle();
+    let mut weighed = probe.layer(Origin::new(&Arc::default()));
+    get(&mut weighed, format!("/items/{keys}")).await;
+    let page_weight = weigh.stored_bytes();
+    let Some(max_bytes) = capacity.checked_mul(page_weight) else {
+        usage("CAPACITY pages are more bytes than a u64 holds");
+    };
+
     let calls = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&calls);
-    let page = Bytes::from(vec![b'x'; PAGE_BYTES]);
-    // A page weighs its body, its head and its key: about 2 100 bytes.
     let layer = CacheLayer::builder()
-        .max_bytes(capacity * 2_100)
+        .max_bytes(max_bytes)
+        .max_entry_bytes(PAGE_BYTES)
         .build()
         .expect("a valid cache");
-    let mut cached = layer.layer(tower::service_fn(move |_: Request<Full<Bytes>>| {
-        counted.fetch_add(1, Ordering::Relaxed);
-        let page = page.clone();
-        async move {
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("cache-control", "max-age=3600")
-                    .body(Full::new(page))
-                    .expect("a valid response"),
-            )
-        }
-    }));
-
+    let mut cached = layer.layer(Origin::new(&calls));
     let mut zipf = Zipf::new(keys, skew);
     let started = Instant::now();
     for _ in 0..requests {
-        // Scattered, so that popular URIs are not neighbours.
-        let path = format!(
-            "/items/{}",
-            zipf.draw().wrapping_mul(2_654_435_761) % 1_000_003
-        );
-        let request = Request::get(path)
-            .body(Full::default())
-            .expect("a valid request");
-        let ready = cached.ready().await.expect("infallible");
-        let response = ready.call(request).await.expect("infallible");
-        // Read to its end: that is when a miss is stored.
-        let _ = response.into_body().collect().await;
+        get(&mut cached, format!("/items/{}", zipf.draw())).await;
+        tokio::time::advance(pace).await;
     }
     let misses = calls.load(Ordering::Relaxed);
     println!(
-        "{keys} URIs, skew {skew}, {requests} requests, room for {capacity}: hit ratio {:.4} \
-         ({misses} misses) in {:.1} s",
+        "{keys} URIs, skew {skew}, {requests} requests at {rate} a second, room for \
+         {capacity} pages of {page_weight} bytes: hit ratio {:.4} ({misses} misses) in {:.1} s",
         1.0 - misses as f64 / requests as f64,
         started.elapsed().as_secs_f64()
     );

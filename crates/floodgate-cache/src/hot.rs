@@ -1,15 +1,16 @@
 //! The hot set: a small index of the URIs hit most often this second, read before the
 //! store so that most hits on them skip moka's lookup.
 //!
-//! A moka lookup costs some 1 000 instructions (140 ns here): the hash, the concurrent
+//! A moka lookup costs some 1 000 instructions (110–150 ns here): the hash, the concurrent
 //! map, the clock and, above all, recording the read for the eviction policy. A hot URI
 //! takes thousands of hits a second, and the policy does not need to hear of each of
 //! them. So a URI that the store answers [`HOT_HITS`] times within one second enters a
 //! slot here, and from then on about 1 hit in [`RECORD_EVERY`], drawn at random, goes to
-//! moka: that hit records the read (a URI this hot still records several a second) and
-//! checks the slot against the store. The other hits read the slot: a hash, three loads, a
-//! comparison. A lookup of a URI that is not hot stops at the slot's tag, a hash of the
-//! key admitted last. Caffeine's read buffer drops reads under load for the same reason.
+//! moka: that hit records the read (a URI this hot still records two a second or more) and
+//! checks the slot against the store. The other hits read the slot: a hash, the slot's
+//! generation and tag, arc-swap's load of the resident, a comparison of keys, a random
+//! draw, and a count on the resource's `Arc`. A lookup of a URI that is not hot stops at
+//! the slot's tag, a hash of the key admitted last. Caffeine's read buffer drops reads under load for the same reason.
 //!
 //! A slot never answers with a resource the store has let go. The store calls
 //! [`Hot::forget`] after each write that replaces or drops a URI, and before the write
@@ -28,12 +29,13 @@ use tokio::time::Instant;
 
 use crate::store::Resource;
 
-/// Slots, 24 bytes each: 24 KiB a cache. A hot set larger than this is not a few hot URIs.
+/// Slots, 24 bytes each (24 KiB a cache), and 40 more for a resident, whose key and resource
+/// the store holds anyway. A hot set larger than this is not a few hot URIs.
 const SLOTS: usize = 1024;
 /// Store hits within one second that make a URI hot.
 pub(crate) const HOT_HITS: u32 = 16;
 /// About one hit on a hot URI in this many goes to the store.
-pub(crate) const RECORD_EVERY: u64 = 8;
+const RECORD_EVERY: u64 = 8;
 
 thread_local! {
     /// This thread's draws of which hits go to the store (xorshift). Random rather than
@@ -61,7 +63,6 @@ struct Slot {
 type Tag = u64;
 
 struct Resident {
-    key: Box<str>,
     resource: Arc<Resource>,
     /// The slot's generation when the store's lookup began.
     generation: u64,
@@ -111,7 +112,7 @@ impl Hot {
             let resident = slot.resident.load();
             if let Some(resident) = resident.as_deref()
                 && resident.generation == generation
-                && *resident.key == *key
+                && resident.resource.key.as_str() == key
                 && now < resident.resource.expires
                 && !record_this_hit()
             {
@@ -134,7 +135,7 @@ impl Hot {
         let resident = slot.resident.load();
         if resident
             .as_deref()
-            .is_some_and(|resident| *resident.key == *key)
+            .is_some_and(|resident| resident.resource.key.as_str() == key)
         {
             slot.resident.compare_and_swap(&*resident, None);
         }
@@ -145,7 +146,8 @@ impl Hot {
     pub(crate) fn has(&self, key: &str) -> bool {
         let (slot, _) = self.slot(key);
         slot.resident.load().as_deref().is_some_and(|resident| {
-            *resident.key == *key && resident.generation == slot.generation.load(Ordering::SeqCst)
+            resident.resource.key.as_str() == key
+                && resident.generation == slot.generation.load(Ordering::SeqCst)
         })
     }
 
@@ -163,9 +165,9 @@ impl Hot {
 }
 
 impl Ticket<'_> {
-    /// Puts `resource`, which the store just gave for `key`, in the slot if it is hot at
-    /// `now`, is not there already, and would not push out a resident still hot.
-    pub(crate) fn admit(self, key: &str, resource: &Arc<Resource>, now: Instant) {
+    /// Puts `resource`, which the store just gave for the ticket's key, in the slot if it
+    /// is hot at `now`, is not there already, and would not push out a resident still hot.
+    pub(crate) fn admit(self, resource: &Arc<Resource>, now: Instant) {
         if !resource.heat.hit(resource.expires, now) {
             return;
         }
@@ -193,7 +195,6 @@ impl Ticket<'_> {
             return;
         }
         let admitted = Some(Arc::new(Resident {
-            key: key.into(),
             resource: Arc::clone(resource),
             generation: self.generation,
         }));
@@ -245,7 +246,7 @@ impl Heat {
     }
 
     /// Whether the store has answered the resource within the second of `now`. A resident
-    /// hit [`HOT_HITS`] times a second sends it one of them about every second.
+    /// hit [`HOT_HITS`] times a second sends it about two of them a second.
     fn is_warm(&self, expires: Instant, now: Instant) -> bool {
         now < expires && self.0.load(Ordering::Relaxed) >> 32 == Self::second(expires, now)
     }
@@ -256,10 +257,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::key::Vary;
+    use crate::key::{PrimaryKey, Vary};
 
-    fn resource(now: Instant) -> Arc<Resource> {
+    fn resource(key: &str, now: Instant) -> Arc<Resource> {
         Arc::new(Resource {
+            key: PrimaryKey::from_path(key),
             vary: Vary::None,
             variants: Vec::new(),
             expires: now + Duration::from_secs(60),
@@ -277,7 +279,7 @@ mod tests {
                     assert!(Arc::ptr_eq(&found, resource), "{key}: another's resource");
                     answered += 1;
                 }
-                Err(ticket) => ticket.admit(key, resource, now),
+                Err(ticket) => ticket.admit(resource, now),
             }
         }
         answered
@@ -295,10 +297,10 @@ mod tests {
     fn a_uri_is_hot_after_enough_store_hits_in_one_second() {
         let hot = Hot::new();
         let now = Instant::now();
-        let page = resource(now);
+        let page = resource("/page", now);
         let hot_hits = u64::from(HOT_HITS);
         assert_eq!(hits(&hot, "/page", &page, now, hot_hits - 1), 0);
-        assert_eq!(hits(&hot, "/other", &resource(now), now, 1), 0);
+        assert_eq!(hits(&hot, "/other", &resource("/other", now), now, 1), 0);
         // The `HOT_HITS`th store hit admits it.
         assert_eq!(hits(&hot, "/page", &page, now, 1), 0);
         let answered = hits(&hot, "/page", &page, now, 100 * RECORD_EVERY);
@@ -315,7 +317,7 @@ mod tests {
     fn store_hits_count_within_one_second() {
         let hot = Hot::new();
         let start = Instant::now();
-        let page = resource(start);
+        let page = resource("/page", start);
         let mut now = start;
         for _ in 0..8 {
             // Spread over seconds, no second has enough.
@@ -330,8 +332,8 @@ mod tests {
     fn a_slot_answers_only_its_own_key_and_keeps_a_resident_still_hot() {
         let hot = Hot::new();
         let now = Instant::now();
-        let (page, other) = (resource(now), resource(now));
         let neighbour = neighbour(&hot, "/page");
+        let (page, other) = (resource("/page", now), resource(&neighbour, now));
         let _ = hits(&hot, "/page", &page, now, u64::from(HOT_HITS));
         assert_eq!(
             hits(&hot, &neighbour, &other, now, 4 * u64::from(HOT_HITS)),
@@ -350,7 +352,7 @@ mod tests {
     fn a_write_makes_the_slot_unservable_even_for_a_lookup_racing_it() {
         let hot = Hot::new();
         let now = Instant::now();
-        let page = resource(now);
+        let page = resource("/page", now);
         let _ = hits(&hot, "/page", &page, now, u64::from(HOT_HITS));
         assert!(hits(&hot, "/page", &page, now, RECORD_EVERY) > 0);
 
@@ -363,7 +365,7 @@ mod tests {
             panic!("forgotten");
         };
         hot.forget("/page");
-        ticket.admit("/page", &page, now);
+        ticket.admit(&page, now);
         assert_eq!(Arc::strong_count(&page), 1, "not admitted");
         for _ in 0..RECORD_EVERY {
             assert!(hot.get("/page", now).is_err());
@@ -374,7 +376,7 @@ mod tests {
     fn a_purge_forgets_every_slot() {
         let hot = Hot::new();
         let now = Instant::now();
-        let pages: Vec<_> = (0..8).map(|_| resource(now)).collect();
+        let pages: Vec<_> = (0..8).map(|n| resource(&format!("/{n}"), now)).collect();
         for (n, page) in pages.iter().enumerate() {
             let _ = hits(&hot, &format!("/{n}"), page, now, u64::from(HOT_HITS));
         }

@@ -41,6 +41,8 @@ type KeyHasher = foldhash::quality::RandomState;
 /// The variants of one URI, newest first.
 #[derive(Debug)]
 pub(crate) struct Resource {
+    /// Its key, shared with the store's.
+    pub(crate) key: PrimaryKey,
     /// The `Vary` of the newest response, which tells a request which variant it wants.
     pub(crate) vary: Vary,
     /// The variants, newest first.
@@ -71,7 +73,7 @@ impl Resource {
 pub(crate) struct Store {
     entries: Cache<PrimaryKey, Arc<Resource>, KeyHasher>,
     /// The URIs hit most, read before `entries`.
-    hot: Arc<Hot>,
+    pub(crate) hot: Arc<Hot>,
     retention: Retention,
     /// URI → the epoch of its last invalidation.
     invalidated: Cache<u64, u64>,
@@ -145,14 +147,8 @@ impl Store {
             .entries
             .get(key)
             .filter(|resource| now < resource.expires)?;
-        ticket.admit(key, &resource, now);
+        ticket.admit(&resource, now);
         Some(resource)
-    }
-
-    /// Whether the hot set answers `key`.
-    #[cfg(test)]
-    pub(crate) fn is_hot(&self, key: &str) -> bool {
-        self.hot.has(key)
     }
 
     /// Remembers that `key`'s response could not be stored for a reason of its own, so
@@ -225,6 +221,7 @@ impl Store {
                 .max()
                 .unwrap_or_default();
             Op::Put(Arc::new(Resource {
+                key: check.clone(),
                 vary,
                 variants,
                 expires: now + lifetime,

@@ -2226,3 +2226,47 @@ async fn a_hot_uri_is_not_answered_once_the_store_lets_it_go() {
     let reply = client.get("/hot", &[]).await;
     expect_new("past use", reply, "uri-miss").await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hot_uri_evicted_for_room_leaves_the_hot_set() {
+    let origin = Origin::new(|_, _| {
+        let mut page = Response::new(
+            http_body_util::Full::new(Bytes::from(vec![b'x'; 1_000]))
+                .map_err(|never| match never {})
+                .boxed(),
+        );
+        page.headers_mut()
+            .insert("cache-control", HeaderValue::from_static("max-age=60"));
+        Ok(page)
+    });
+    // Room for about three pages.
+    let layer = cache()
+        .max_bytes(5_000)
+        .max_entry_bytes(2_000)
+        .build()
+        .expect("valid");
+    let handle = layer.handle();
+    let client = Client {
+        service: layer.layer(origin.service()),
+    };
+    let _ = client.get("/a", &[]).await;
+    let _ = heat(&client, &handle, "/a").await;
+    // Pages read since moka's frequency sketch started (at half full) outweigh `/a`, read
+    // before it, and push it out.
+    let mut others = 0;
+    while handle.is_hot("/a") {
+        others += 1;
+        assert!(others <= 20, "/a is still hot after 20 other pages");
+        let path = format!("/page/{others}");
+        let _ = client.get(&path, &[]).await;
+        let _ = client.get(&path, &[]).await;
+    }
+    assert!(
+        client
+            .get("/a", &[])
+            .await
+            .cache_status()
+            .contains("uri-miss"),
+        "evicted, and not answered from the hot set"
+    );
+}
