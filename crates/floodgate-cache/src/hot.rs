@@ -4,13 +4,14 @@
 //! A moka lookup costs some 1 000 instructions (110–150 ns here): the hash, the concurrent
 //! map, the clock and, above all, recording the read for the eviction policy. A hot URI
 //! takes thousands of hits a second, and the policy does not need to hear of each of
-//! them. So a URI that the store answers [`HOT_HITS`] times within one second enters a
-//! slot here, and from then on about 1 hit in [`RECORD_EVERY`], drawn at random, goes to
-//! moka: that hit records the read (a URI this hot still records two a second or more) and
-//! checks the slot against the store. The other hits read the slot: a hash, the slot's
-//! generation and tag, arc-swap's load of the resident, a comparison of keys, a random
-//! draw, and a count on the resource's `Arc`. A lookup of a URI that is not hot stops at
-//! the slot's tag, a hash of the key admitted last. Caffeine's read buffer drops reads under load for the same reason.
+//! them; Caffeine's read buffer drops reads under load for the same reason. So a URI that
+//! the store answers [`HOT_HITS`] times within one second enters a slot here, and from
+//! then on about 1 hit in [`RECORD_EVERY`], drawn at random, goes to moka: that hit
+//! records the read (a URI this hot still records two a second or more) and checks the
+//! slot against the store. The other hits read the slot: a hash, the slot's generation and
+//! tag, arc-swap's load of the resident, a comparison of keys, a random draw, and a count
+//! on the resource's `Arc`. A lookup of a URI that is not hot stops at the slot's tag, a
+//! hash of the key admitted last.
 //!
 //! A slot never answers with a resource the store has let go. The store calls
 //! [`Hot::forget`] after each write that replaces or drops a URI, and before the write
@@ -29,8 +30,8 @@ use tokio::time::Instant;
 
 use crate::store::Resource;
 
-/// Slots, 24 bytes each (24 KiB a cache), and 40 more for a resident, whose key and resource
-/// the store holds anyway. A hot set larger than this is not a few hot URIs.
+/// Slots, 24 bytes each (24 KiB a cache), and 32 more for a resident, whose resource the
+/// store holds anyway. A hot set larger than this is not a few hot URIs.
 const SLOTS: usize = 1024;
 /// Store hits within one second that make a URI hot.
 pub(crate) const HOT_HITS: u32 = 16;
