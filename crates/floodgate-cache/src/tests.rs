@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
 use tower::{Layer, Service, ServiceExt};
 
-use crate::{CacheLayer, CacheLayerBuilder};
+use crate::{CacheHandle, CacheLayer, CacheLayerBuilder};
 
 type RequestBody = http_body_util::Full<Bytes>;
 type OriginBody = BoxBody<Bytes, Infallible>;
@@ -192,6 +192,16 @@ fn client(origin: &Origin, builder: CacheLayerBuilder) -> Client {
 
 fn cache() -> CacheLayerBuilder {
     CacheLayer::builder()
+}
+
+/// A client, and the handle of its layer.
+fn client_and_handle(origin: &Origin, builder: CacheLayerBuilder) -> (Client, CacheHandle) {
+    let layer = builder.build().expect("valid layer");
+    let handle = layer.handle();
+    let client = Client {
+        service: layer.layer(origin.service()),
+    };
+    (client, handle)
 }
 
 #[tokio::test(start_paused = true)]
@@ -901,11 +911,7 @@ async fn writes_invalidate_their_uri_and_same_origin_locations() {
 #[tokio::test(start_paused = true)]
 async fn the_handle_invalidates_one_uri_or_a_prefix() {
     let origin = Origin::fixed(&[("cache-control", "max-age=60")], "page");
-    let layer = cache().build().expect("valid");
-    let handle = layer.handle();
-    let client = Client {
-        service: layer.layer(origin.service()),
-    };
+    let (client, handle) = client_and_handle(&origin, cache());
     for path in ["/a", "/a/1", "/a?q=1", "/ab", "/b"] {
         let _ = client.get(path, &[]).await;
     }
@@ -1169,15 +1175,8 @@ async fn the_byte_capacity_holds() {
             leak(&"x".repeat(4096)),
         ))
     });
-    let layer = cache()
-        .max_bytes(64 * 1024)
-        .max_entry_bytes(8192)
-        .build()
-        .expect("valid");
-    let handle = layer.handle();
-    let client = Client {
-        service: layer.layer(origin.service()),
-    };
+    let (client, handle) =
+        client_and_handle(&origin, cache().max_bytes(64 * 1024).max_entry_bytes(8192));
     for index in 0..100 {
         let _ = client.get(leak(&format!("/item/{index}")), &[]).await;
     }
@@ -2187,11 +2186,7 @@ async fn a_hot_uri_is_not_answered_once_the_store_lets_it_go() {
             BODIES[call % BODIES.len()],
         ))
     });
-    let layer = cache().build().expect("valid");
-    let handle = layer.handle();
-    let client = Client {
-        service: layer.layer(origin.service()),
-    };
+    let (client, handle) = client_and_handle(&origin, cache());
     let mut last = client.get("/hot", &[]).await.body;
     assert_eq!(heat(&client, &handle, "/hot").await, last);
 
@@ -2229,26 +2224,12 @@ async fn a_hot_uri_is_not_answered_once_the_store_lets_it_go() {
 
 #[tokio::test(start_paused = true)]
 async fn a_hot_uri_evicted_for_room_leaves_the_hot_set() {
-    let origin = Origin::new(|_, _| {
-        let mut page = Response::new(
-            http_body_util::Full::new(Bytes::from(vec![b'x'; 1_000]))
-                .map_err(|never| match never {})
-                .boxed(),
-        );
-        page.headers_mut()
-            .insert("cache-control", HeaderValue::from_static("max-age=60"));
-        Ok(page)
-    });
+    let page = leak(&"x".repeat(1_000));
+    let origin =
+        Origin::new(move |_, _| Ok(response(200, &[("cache-control", "max-age=60")], page)));
     // Room for about three pages.
-    let layer = cache()
-        .max_bytes(5_000)
-        .max_entry_bytes(2_000)
-        .build()
-        .expect("valid");
-    let handle = layer.handle();
-    let client = Client {
-        service: layer.layer(origin.service()),
-    };
+    let (client, handle) =
+        client_and_handle(&origin, cache().max_bytes(5_000).max_entry_bytes(2_000));
     let _ = client.get("/a", &[]).await;
     let _ = heat(&client, &handle, "/a").await;
     // Pages read since moka's frequency sketch started (at half full) outweigh `/a`, read
